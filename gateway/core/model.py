@@ -1,0 +1,166 @@
+"""The safety core's vocabulary: what goes in (readings, time, operator actions) and what comes
+out (valve commands, lights, sounder, events).
+
+Everything here is plain immutable data. No I/O, no threads, no clocks: the caller supplies the
+time (``time.monotonic()`` seconds) with every input, so the core can be driven by tests and
+property checks exactly as by the running controller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum, IntEnum
+from typing import Any
+
+
+class Level(IntEnum):
+    """Alarm level of one reading or one detector, ordered so ``max()`` gives the worst."""
+
+    NORMAL = 0
+    LOW = 1
+    HIGH = 2
+
+
+class Light(Enum):
+    """What one indicator light should show. Flash rates follow GB 16808 §4.2.2."""
+
+    OFF = "off"
+    ON = "on"
+    FLASH_ALARM = "flash-alarm"  # red: 1 Hz, 0.5 s on (>= 1 Hz, on-time >= 0.25 s)
+    FLASH_FAULT = "flash-fault"  # yellow: 0.5 Hz, 1 s on (>= 0.2 Hz)
+
+
+class Gas(Enum):
+    NATURAL_GAS = "natural-gas"
+    LPG = "lpg"
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One valid reply from one detector, decoded by its profile.
+
+    ``lel`` is the concentration in %LEL, or ``None`` when the reply carried no usable value
+    (NaN, garbage): that is a sensor fault, never a zero. ``own_alarm`` is the alarm level the
+    detector itself reports in its status register; ``fault`` is its own fault text, if any.
+    """
+
+    detector: str
+    at: float
+    lel: float | None
+    own_alarm: Level = Level.NORMAL
+    fault: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CommFailure:
+    """A poll of one detector that produced no valid reply (timeout, CRC, wrong id, short)."""
+
+    detector: str
+    at: float
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class ValveFeedback:
+    """The position contact of one valve as read now: ``closed`` is None without a contact."""
+
+    valve: str
+    at: float
+    closed: bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class ResetRequest:
+    """The local manual reset (reset button held >= 2 s, or the local console)."""
+
+    at: float
+    operator: str = "reset-button"
+
+
+@dataclass(frozen=True, slots=True)
+class SilenceRequest:
+    """Silence the sounder until the next new alarm or fault. Resets nothing."""
+
+    at: float
+    operator: str = "silence-button"
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passes: lets the core raise comm faults and valve-feedback faults on time."""
+
+    at: float
+
+
+Input = Reading | CommFailure | ValveFeedback | ResetRequest | SilenceRequest | Tick
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One state change worth recording and forwarding.
+
+    ``kind`` is a dotted name (``alarm.raised``, ``fault.cleared``, ``valve.closed`` ...),
+    ``source`` the detector, valve or ``site`` it concerns, ``at`` the monotonic time.
+    """
+
+    kind: str
+    source: str
+    at: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Outputs:
+    """What the drivers must show after one input. ``valves_open`` maps valve name to the
+    commanded state: True = may be open (energised / not tripped), False = closed."""
+
+    valves_open: dict[str, bool]
+    sounder: bool
+    red: Light
+    yellow: Light
+    green: Light
+    events: tuple[Event, ...] = ()
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan the core enforces (built from the validated configuration)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorPlan:
+    name: str
+    zone: str
+    low_lel: float
+    high_lel: float
+    range_lel: float = 100.0  # a value above this is over-range and counts as a high alarm
+
+
+@dataclass(frozen=True, slots=True)
+class ValvePlan:
+    name: str
+    zones: tuple[str, ...]
+    has_feedback: bool
+    close_confirm_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class SafetyPlan:
+    """Detectors, valves and timings. Defaults are the safety-relevant ones:
+    comm fault after 10 s of silence (GB 16808 allows at most 100 s) and an alarm confirmed by
+    2 consecutive readings (GB 16808-2025)."""
+
+    detectors: tuple[DetectorPlan, ...]
+    valves: tuple[ValvePlan, ...]
+    comm_fault_timeout_s: float = 10.0
+    confirm_count: int = 2

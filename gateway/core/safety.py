@@ -1,0 +1,511 @@
+"""The safety state machine: readings and time in, valve commands, lights and events out.
+
+Pure: no I/O, no clock, no threads, no locks. The controller owns one ``SafetyCore`` in its
+safety thread, feeds it every input and applies the returned ``Outputs`` to the valves *before*
+anything is recorded or forwarded.
+
+Rules (each one is a test in ``tests/test_safety_core.py`` or a property in
+``tests/test_safety_properties.py``):
+
+* A detector's level rises to L when its last ``confirm_count`` readings are all at L or above
+  (GB 16808-2025: alarm confirmed by >= 2 signals); it falls when its last ``confirm_count``
+  readings are all below. A value above the detector's range counts as a high alarm. A reading
+  with no usable value (NaN, garbage) or a detector-reported fault is a sensor fault.
+* An alarm latches: the latched level is kept until a manual reset.
+* A detector with no valid reply for ``comm_fault_timeout_s`` is in comm fault; its last value is
+  then never reported (``DetectorView.lel`` is None).
+* Any latched alarm or active fault closes every valve mapped to the detector's zone (fail safe).
+* A valve, once closed, stays closed (lockout) until a local manual reset, which is refused unless
+  every detector is normal. Startup begins with every valve closed: a restart never opens gas.
+* A valve with a position contact must confirm "closed" within its ``close_confirm_s`` or it is
+  in fault; a confirmed-open valve whose contact reports closed is locked out.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gateway.core.model import (
+    CommFailure,
+    DetectorPlan,
+    Event,
+    Input,
+    Level,
+    Light,
+    Outputs,
+    Reading,
+    ResetRequest,
+    SafetyPlan,
+    SilenceRequest,
+    Tick,
+    ValveFeedback,
+    ValvePlan,
+)
+
+# A reading below zero by more than this is implausible: a drifted or broken sensor.
+NEGATIVE_FAULT_LEL = -5.0
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorView:
+    """What the status API shows of one detector. ``lel`` is None unless the last valid reply
+    is current (no comm fault): a stale value is never shown as a reading."""
+
+    name: str
+    zone: str
+    lel: float | None
+    level: Level
+    latched: Level
+    fault: str | None
+    last_good_at: float | None
+    has_reading: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ValveView:
+    name: str
+    commanded_open: bool
+    reason: str
+    feedback_closed: bool | None
+    confirmed: bool
+    failed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CoreView:
+    detectors: tuple[DetectorView, ...]
+    valves: tuple[ValveView, ...]
+    silenced: bool
+
+
+class _Detector:
+    __slots__ = (
+        "alarm_window",
+        "comm_fault",
+        "fault_window",
+        "has_reading",
+        "last_good_at",
+        "latched",
+        "lel",
+        "level",
+        "plan",
+        "sensor_fault",
+    )
+
+    def __init__(self, plan: DetectorPlan, now: float, window: int) -> None:
+        self.plan = plan
+        self.last_good_at = now  # silence is measured from start-up, not from a first reply
+        self.has_reading = False
+        self.lel: float | None = None
+        self.level = Level.NORMAL
+        self.latched = Level.NORMAL
+        self.alarm_window: deque[Level] = deque(maxlen=window)
+        self.fault_window: deque[str | None] = deque(maxlen=window)
+        self.sensor_fault: str | None = None
+        self.comm_fault = False
+
+    @property
+    def fault(self) -> str | None:
+        if self.comm_fault:
+            return "comm: no valid reply"
+        if self.sensor_fault is not None:
+            return f"sensor: {self.sensor_fault}"
+        return None
+
+    def is_normal(self) -> bool:
+        return (
+            self.has_reading
+            and not self.comm_fault
+            and self.sensor_fault is None
+            and self.level == Level.NORMAL
+            and (not self.alarm_window or self.alarm_window[-1] == Level.NORMAL)
+        )
+
+
+class _Valve:
+    __slots__ = (
+        "close_at",
+        "confirmed",
+        "failed",
+        "feedback_closed",
+        "open",
+        "plan",
+        "reason",
+        "seen_open",
+    )
+
+    def __init__(self, plan: ValvePlan, now: float) -> None:
+        self.plan = plan
+        self.open = False  # fail safe: every start begins closed
+        self.reason = "startup: gas stays off until a local manual reset"
+        self.close_at: float | None = now
+        self.confirmed = not plan.has_feedback
+        self.failed = False
+        self.feedback_closed: bool | None = None
+        self.seen_open = False
+
+
+class SafetyCore:
+    """The safety state machine for one site. See the module docstring for its rules.
+
+    ``latched`` restores alarms latched before a restart (from the event store): their valves
+    are closed anyway at start, and the reset still requires those detectors to be normal.
+    """
+
+    def __init__(
+        self, plan: SafetyPlan, now: float, latched: Mapping[str, Level] | None = None
+    ) -> None:
+        self._plan = plan
+        self._window = max(1, plan.confirm_count)
+        self._detectors: dict[str, _Detector] = {}
+        self._valves: dict[str, _Valve] = {}
+        self._zone_valves: dict[str, list[_Valve]] = {}
+        self._silenced = False
+        self._events: list[Event] = []
+        self._apply_plan(plan, now)
+        for name, level in (latched or {}).items():
+            det = self._detectors.get(name)
+            if det is not None and level > Level.NORMAL:
+                det.latched = Level(level)
+                for valve in self._zone_valves.get(det.plan.zone, ()):
+                    valve.reason = f"restart with latched {Level(level).name.lower()} alarm"
+
+    # -- configuration ---------------------------------------------------------------------
+
+    def _apply_plan(self, plan: SafetyPlan, now: float) -> None:
+        old_detectors, old_valves = self._detectors, self._valves
+        self._plan = plan
+        self._window = max(1, plan.confirm_count)
+        self._detectors = {}
+        for dp in plan.detectors:
+            old = old_detectors.get(dp.name)
+            if old is not None and old.alarm_window.maxlen == self._window:
+                old.plan = dp
+                self._detectors[dp.name] = old
+            else:
+                det = _Detector(dp, now, self._window)
+                if old is not None:  # keep what matters for safety across a re-plan
+                    det.latched, det.last_good_at = old.latched, old.last_good_at
+                self._detectors[dp.name] = det
+        self._valves = {}
+        for vp in plan.valves:
+            old_valve = old_valves.get(vp.name)
+            if old_valve is not None:
+                old_valve.plan = vp
+                self._valves[vp.name] = old_valve
+            else:
+                self._valves[vp.name] = _Valve(vp, now)
+        self._zone_valves = {}
+        for valve in self._valves.values():
+            for zone in valve.plan.zones:
+                self._zone_valves.setdefault(zone, []).append(valve)
+
+    def replan(self, plan: SafetyPlan, now: float) -> Outputs:
+        """Apply a new, already validated plan (config reload). Latches and valve lockouts are
+        kept; new valves start closed; nothing is opened."""
+        self._apply_plan(plan, now)
+        self._events.append(
+            Event("config.applied", "site", now, {"detectors": len(plan.detectors)})
+        )
+        return self._finish(now)
+
+    # -- the one entry point ---------------------------------------------------------------
+
+    def handle(self, inp: Input) -> Outputs:
+        """Feed one input; return what the drivers must show now and the events it caused."""
+        now = inp.at
+        if isinstance(inp, Reading):
+            self._on_reading(inp)
+        elif isinstance(inp, CommFailure):
+            pass  # only the age of the last valid reply decides a comm fault (below)
+        elif isinstance(inp, ValveFeedback):
+            self._on_feedback(inp)
+        elif isinstance(inp, ResetRequest):
+            self._on_reset(inp)
+        elif isinstance(inp, SilenceRequest):
+            if not self._silenced:
+                self._silenced = True
+                self._events.append(
+                    Event("operator.silence", "site", now, {"operator": inp.operator})
+                )
+        elif not isinstance(inp, Tick):  # pragma: no cover - the Input union is closed
+            raise TypeError(f"unknown safety input {inp!r}")
+        return self._finish(now)
+
+    # -- readings ----------------------------------------------------------------------------
+
+    def _classify(self, det: _Detector, r: Reading) -> tuple[Level | None, str | None]:
+        """Alarm class and fault text of one reading: (None, text) for a sensor fault."""
+        if r.fault is not None:
+            return None, r.fault
+        lel = r.lel
+        if lel is None or lel != lel:  # NaN compares unequal to itself
+            return None, "no valid concentration value"
+        if lel < NEGATIVE_FAULT_LEL:
+            return None, f"implausible negative value {lel:.1f} %LEL"
+        plan = det.plan
+        if lel >= plan.high_lel or lel > plan.range_lel:
+            level = Level.HIGH
+        elif lel >= plan.low_lel:
+            level = Level.LOW
+        else:
+            level = Level.NORMAL
+        return max(level, r.own_alarm), None
+
+    def _on_reading(self, r: Reading) -> None:
+        det = self._detectors.get(r.detector)
+        if det is None:
+            return  # a detector removed by a re-plan; its late reading means nothing now
+        if r.at >= det.last_good_at:
+            det.last_good_at = r.at
+        det.has_reading = True
+        if det.comm_fault:
+            det.comm_fault = False
+            self._events.append(Event("fault.cleared", det.plan.name, r.at, {"fault": "comm"}))
+        level, fault = self._classify(det, r)
+        det.fault_window.append(fault)
+        self._update_sensor_fault(det, r.at)
+        if level is None:
+            det.lel = None
+            return
+        det.lel = max(0.0, r.lel if r.lel is not None else 0.0)
+        det.alarm_window.append(level)
+        if len(det.alarm_window) < self._window:
+            return
+        up = min(det.alarm_window)  # every one of the last N readings is at least this
+        down = max(det.alarm_window)  # every one of the last N readings is at most this
+        if up > det.level:
+            det.level = up
+            if up > det.latched:
+                det.latched = up
+                self._silenced = False
+                self._events.append(
+                    Event(
+                        "alarm.raised",
+                        det.plan.name,
+                        r.at,
+                        {"level": up.name.lower(), "lel": det.lel, "zone": det.plan.zone},
+                    )
+                )
+        elif down < det.level:
+            det.level = down
+            if down == Level.NORMAL:
+                self._events.append(
+                    Event(
+                        "alarm.cleared",
+                        det.plan.name,
+                        r.at,
+                        {"lel": det.lel, "latched": det.latched.name.lower()},
+                    )
+                )
+
+    def _update_sensor_fault(self, det: _Detector, now: float) -> None:
+        window = det.fault_window
+        if len(window) < self._window:
+            return
+        if det.sensor_fault is None and all(f is not None for f in window):
+            det.sensor_fault = window[-1]
+            self._silenced = False
+            self._events.append(
+                Event("fault.raised", det.plan.name, now, {"fault": "sensor", "text": window[-1]})
+            )
+        elif det.sensor_fault is not None and all(f is None for f in window):
+            det.sensor_fault = None
+            self._events.append(Event("fault.cleared", det.plan.name, now, {"fault": "sensor"}))
+
+    # -- valves ------------------------------------------------------------------------------
+
+    def _on_feedback(self, fb: ValveFeedback) -> None:
+        valve = self._valves.get(fb.valve)
+        if valve is None or fb.closed is None or fb.closed == valve.feedback_closed:
+            return
+        valve.feedback_closed = fb.closed
+        name = valve.plan.name
+        if not valve.open:
+            if fb.closed:
+                if not valve.confirmed or valve.failed:
+                    after = None if valve.close_at is None else round(fb.at - valve.close_at, 3)
+                    valve.confirmed = True
+                    self._events.append(
+                        Event("valve.closed", name, fb.at, {"confirmed": True, "after_s": after})
+                    )
+                if valve.failed:
+                    valve.failed = False
+                    self._events.append(Event("fault.cleared", name, fb.at, {"fault": "valve"}))
+            elif valve.confirmed:
+                # Closed, confirmed, and now the contact says open: nobody may open it but us.
+                self._valve_fault(valve, fb.at, "valve reports open while commanded closed")
+        elif not fb.closed:
+            if not valve.seen_open:
+                valve.seen_open = True
+                self._events.append(Event("valve.opened", name, fb.at, {"confirmed": True}))
+        elif valve.seen_open:
+            # Closed by hand or by its own power loss: lock out, reopening needs a reset.
+            self._close(valve, fb.at, "valve closed outside gasguard (manual or power loss)")
+            valve.confirmed = True
+            self._events.append(Event("valve.closed", name, fb.at, {"confirmed": True}))
+
+    def _valve_fault(self, valve: _Valve, now: float, text: str) -> None:
+        if valve.failed:
+            return
+        valve.failed = True
+        self._silenced = False
+        self._events.append(Event("valve.failed", valve.plan.name, now, {"text": text}))
+
+    def _close(self, valve: _Valve, now: float, reason: str) -> None:
+        valve.open = False
+        valve.reason = reason
+        valve.close_at = now
+        valve.seen_open = False
+        valve.confirmed = not valve.plan.has_feedback or valve.feedback_closed is True
+        self._events.append(
+            Event(
+                "valve.closing",
+                valve.plan.name,
+                now,
+                {"reason": reason, "confirmed": valve.confirmed},
+            )
+        )
+
+    # -- operator ------------------------------------------------------------------------------
+
+    def reset_blockers(self) -> list[str]:
+        """Why a manual reset would be refused now; empty when it would be accepted."""
+        blockers = []
+        for det in self._detectors.values():
+            if det.is_normal():
+                continue
+            if not det.has_reading:
+                why = "no reading yet"
+            elif det.fault is not None:
+                why = det.fault
+            else:
+                why = f"gas at {det.lel:.1f} %LEL" if det.lel is not None else "not normal"
+            blockers.append(f"{det.plan.name}: {why}")
+        return blockers
+
+    def _on_reset(self, req: ResetRequest) -> None:
+        blockers = self.reset_blockers()
+        if blockers:
+            self._events.append(
+                Event(
+                    "operator.reset_refused",
+                    "site",
+                    req.at,
+                    {"operator": req.operator, "reasons": blockers},
+                )
+            )
+            return
+        self._events.append(Event("operator.reset", "site", req.at, {"operator": req.operator}))
+        self._silenced = False
+        for det in self._detectors.values():
+            det.latched = Level.NORMAL
+        for valve in self._valves.values():
+            if valve.failed:
+                valve.failed = False
+                self._events.append(
+                    Event("fault.cleared", valve.plan.name, req.at, {"fault": "valve"})
+                )
+            if not valve.open:
+                valve.open = True
+                valve.reason = f"reset by {req.operator}"
+                valve.close_at = None
+                valve.seen_open = False
+                if not valve.plan.has_feedback:
+                    self._events.append(
+                        Event("valve.opened", valve.plan.name, req.at, {"confirmed": False})
+                    )
+
+    # -- time and decisions ------------------------------------------------------------------
+
+    def _finish(self, now: float) -> Outputs:
+        timeout = self._plan.comm_fault_timeout_s
+        for det in self._detectors.values():
+            if not det.comm_fault and now - det.last_good_at > timeout:
+                det.comm_fault = True
+                det.lel = None
+                self._silenced = False
+                self._events.append(
+                    Event(
+                        "fault.raised",
+                        det.plan.name,
+                        now,
+                        {"fault": "comm", "silent_s": round(now - det.last_good_at, 3)},
+                    )
+                )
+        # Fail safe: an alarm or any fault we cannot rule out closes the zone's valves.
+        for det in self._detectors.values():
+            if det.latched == Level.NORMAL and det.fault is None:
+                continue
+            for valve in self._zone_valves.get(det.plan.zone, ()):
+                if valve.open:
+                    if det.latched > Level.NORMAL:
+                        why = f"{det.latched.name.lower()} alarm at {det.plan.name}"
+                    else:
+                        why = f"{det.fault} at {det.plan.name}"
+                    self._close(valve, now, why)
+        for valve in self._valves.values():
+            if (
+                not valve.open
+                and not valve.confirmed
+                and valve.close_at is not None
+                and now - valve.close_at > valve.plan.close_confirm_s
+            ):
+                self._valve_fault(
+                    valve, now, f"no closed feedback within {valve.plan.close_confirm_s} s"
+                )
+        return self._outputs()
+
+    def _outputs(self) -> Outputs:
+        any_alarm = any(d.latched > Level.NORMAL for d in self._detectors.values())
+        any_fault = any(d.fault is not None for d in self._detectors.values()) or any(
+            v.failed for v in self._valves.values()
+        )
+        locked = any(not v.open for v in self._valves.values())
+        events, self._events = tuple(self._events), []
+        return Outputs(
+            valves_open={name: v.open for name, v in self._valves.items()},
+            sounder=(any_alarm or any_fault) and not self._silenced,
+            red=Light.FLASH_ALARM if any_alarm else Light.OFF,
+            yellow=Light.FLASH_FAULT if any_fault else (Light.ON if locked else Light.OFF),
+            green=Light.ON,
+            events=events,
+        )
+
+    # -- views ---------------------------------------------------------------------------------
+
+    def view(self) -> CoreView:
+        """A snapshot for the status API (called from the safety thread only)."""
+        return CoreView(
+            detectors=tuple(
+                DetectorView(
+                    name=d.plan.name,
+                    zone=d.plan.zone,
+                    lel=None if d.comm_fault or not d.has_reading else d.lel,
+                    level=d.level,
+                    latched=d.latched,
+                    fault=d.fault,
+                    last_good_at=d.last_good_at if d.has_reading else None,
+                    has_reading=d.has_reading,
+                )
+                for d in self._detectors.values()
+            ),
+            valves=tuple(
+                ValveView(
+                    name=v.plan.name,
+                    commanded_open=v.open,
+                    reason=v.reason,
+                    feedback_closed=v.feedback_closed,
+                    confirmed=v.confirmed,
+                    failed=v.failed,
+                )
+                for v in self._valves.values()
+            ),
+            silenced=self._silenced,
+        )
+
+    def latched(self) -> dict[str, Level]:
+        """Latched alarms, for the store to keep across restarts."""
+        return {n: d.latched for n, d in self._detectors.items() if d.latched > Level.NORMAL}
