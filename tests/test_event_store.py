@@ -1,0 +1,350 @@
+"""The durable event log and the recorder thread, on real SQLite files in a temp directory."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import queue
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.core.model import Event, Level
+from gateway.store.events import EventStore, EventStoreError, StoredEvent
+from gateway.store.recorder import LatchedSnapshot, Recorder, RecorderItem
+
+UTC0 = 1_764_300_000.0
+
+
+def ev(i: int, kind: str = "alarm.raised", source: str = "wok-1") -> tuple[float, Event]:
+    return UTC0 + i, Event(kind, source, float(i), {"i": i, "lel": 10.0 + i})
+
+
+# -- EventStore ----------------------------------------------------------------------------------
+
+
+def test_append_recent_since(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "dir" / "events.db"  # directories are created
+    with EventStore(path, capacity=999) as store:
+        seqs = [store.append(*ev(i)) for i in range(5)]
+        seqs += store.append_many([ev(i, "fault.raised", "wok-2") for i in range(5, 8)])
+        assert seqs == sorted(seqs) and len(set(seqs)) == 8
+
+        recent = store.recent(3)
+        assert [e.seq for e in recent] == seqs[-3:]  # newest last
+        assert recent[-1] == StoredEvent(
+            seqs[-1], UTC0 + 7, "fault.raised", "wok-2", {"i": 7, "lel": 17.0}
+        )
+        assert [e.details["i"] for e in store.recent(100)] == list(range(8))
+
+        after = store.since(seqs[4], limit=2)
+        assert [e.seq for e in after] == seqs[5:7]
+        assert store.since(seqs[-1]) == []
+        assert store.count() == 8
+        assert store.last_seq() == seqs[-1]
+
+
+def test_details_that_are_not_json_are_still_stored(tmp_path: Path) -> None:
+    with EventStore(tmp_path / "e.db", capacity=999) as store:
+        store.append(
+            UTC0,
+            Event(
+                "alarm.raised", "wok-1", 1.0, {"lel": math.nan, "level": Level.HIGH, "t": (1, 2)}
+            ),
+        )
+        (stored,) = store.recent(1)
+    assert stored.details == {"lel": "nan", "level": "high", "t": [1, 2]}
+
+
+def test_bad_input_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    with EventStore(tmp_path / "e.db", capacity=999) as store:
+        store.append(*ev(0))
+        with pytest.raises(ValueError, match="utc"):
+            store.append_many([ev(1), (math.nan, Event("x", "y", 0.0))])
+        with pytest.raises(ValueError, match="limit"):
+            store.recent(-1)
+        assert store.count() == 1
+    with pytest.raises(ValueError, match="capacity 10: must be an integer from 999"):
+        EventStore(tmp_path / "f.db", capacity=10)
+
+
+def test_seq_strictly_increases_across_reopen_and_rotation(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    capacity = 999
+    seen: list[int] = []
+    for _ in range(3):  # three restarts of the controller
+        with EventStore(path, capacity=capacity) as store:
+            for start in range(0, 400, 50):
+                seen += store.append_many([ev(i) for i in range(start, start + 50)])
+    assert len(seen) == 1200
+    assert all(b > a for a, b in itertools.pairwise(seen))
+    with EventStore(path, capacity=capacity) as store:
+        kept = [e.seq for e in store.recent(100_000)]
+        # The oldest ones were rotated out, and their numbers are not handed out again.
+        assert kept[0] > seen[0]
+        assert kept == seen[-len(kept) :]
+        assert store.append(*ev(9999)) > seen[-1]
+
+
+def test_rotation_keeps_capacity_newest_and_deletes_in_batches(tmp_path: Path) -> None:
+    capacity = 999
+    counts: list[int] = []
+    with EventStore(tmp_path / "e.db", capacity=capacity) as store:
+        seqs = []
+        for i in range(1100):
+            seqs.append(store.append(*ev(i)))
+            counts.append(store.count())
+        # Never fewer than `capacity` once that many were written ...
+        assert all(c >= min(i + 1, capacity) for i, c in enumerate(counts))
+        # ... not a delete per insert: the table grows past capacity before a batch goes ...
+        assert counts[capacity] == capacity + 1
+        # ... and it is bounded by capacity plus one batch.
+        assert max(counts) <= capacity + store.rotate_batch
+        assert min(counts[capacity:]) == capacity  # a batch did go
+        newest = [e.seq for e in store.recent(100_000)]
+        assert newest == seqs[-len(newest) :]
+
+
+def test_latched_state_round_trips_across_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    with EventStore(path, capacity=999) as store:
+        assert store.load_latched() == {}
+        store.save_latched({"wok-1": Level.HIGH, "wok-2": Level.LOW, "fryer": Level.NORMAL})
+        store.save_latched({"wok-1": Level.HIGH, "wok-2": Level.LOW})  # replaces, not merges
+    with EventStore(path, capacity=999) as store:
+        assert store.load_latched() == {"wok-1": Level.HIGH, "wok-2": Level.LOW}
+    with EventStore.open_readonly(path) as reader:
+        assert reader.load_latched() == {"wok-1": Level.HIGH, "wok-2": Level.LOW}
+
+
+def test_unknown_latched_level_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    EventStore(path, capacity=999).close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("INSERT INTO state VALUES ('latched', '{\"wok-1\": \"purple\"}', 0)")
+    raw.close()
+    with EventStore(path, capacity=999) as store, pytest.raises(EventStoreError, match="purple"):
+        store.load_latched()
+
+
+def test_readonly_reader_sees_writes_and_cannot_write(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    with EventStore(path, capacity=999) as store:
+        seq = store.append(*ev(1))
+        with EventStore.open_readonly(path) as reader:
+            assert [e.seq for e in reader.recent(10)] == [seq]
+            seq2 = store.append(*ev(2))
+            assert [e.seq for e in reader.since(seq)] == [seq2]
+            assert not hasattr(reader, "append")
+
+
+def test_missing_corrupt_and_newer_files_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(EventStoreError, match="no such file"):
+        EventStore.open_readonly(tmp_path / "nothing.db")
+
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"this is not a database, it is a shopping list " * 200)
+    with pytest.raises(EventStoreError, match="corrupt"):
+        EventStore(corrupt, capacity=999)
+    with pytest.raises(EventStoreError, match="corrupt"):
+        EventStore.open_readonly(corrupt)
+    assert corrupt.read_bytes().startswith(b"this is not")  # evidence left as it was
+
+    newer = tmp_path / "newer.db"
+    with sqlite3.connect(newer) as raw:
+        raw.execute("PRAGMA user_version = 99")
+    raw.close()
+    with pytest.raises(EventStoreError, match="schema version 99"):
+        EventStore(newer, capacity=999)
+
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as raw:
+        raw.execute("CREATE TABLE t (x)")
+    raw.close()
+    with pytest.raises(EventStoreError, match="not a gasguard event store"):
+        EventStore.open_readonly(foreign)
+
+
+def test_pragmas_and_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    with EventStore(path, capacity=999) as store:
+        conn = store._conn
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+
+
+CHILD = """
+import sys
+from pathlib import Path
+from gateway.core.model import Event
+from gateway.store.events import EventStore
+store = EventStore(Path(sys.argv[1]), capacity=999)
+i = 0
+while True:
+    seq = store.append(1764300000.0 + i, Event("alarm.raised", "wok-1", float(i), {"i": i}))
+    print(seq, flush=True)
+    i += 1
+"""
+
+
+def test_every_acknowledged_event_survives_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert child.stdout is not None
+    printed: list[int] = []
+    try:
+        deadline = time.monotonic() + 20
+        while len(printed) < 200 and time.monotonic() < deadline:
+            line = child.stdout.readline()
+            if not line:
+                break
+            printed.append(int(line))
+        os.kill(child.pid, signal.SIGKILL)  # mid-write, most likely
+        rest, _ = child.communicate(timeout=10)
+        printed += [int(x) for x in rest.split()]
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == -signal.SIGKILL
+    assert len(printed) >= 200
+    with EventStore(path, capacity=999) as store:
+        stored = {e.seq for e in store.recent(100_000)}
+        assert set(printed) <= stored
+        # And numbering goes on above anything the dead process handed out.
+        assert store.append(*ev(0)) > max(stored)
+
+
+# -- Recorder ------------------------------------------------------------------------------------
+
+
+def test_recorder_drains_in_order_and_calls_subscribers_after_storing(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    inbox: queue.SimpleQueue[RecorderItem] = queue.SimpleQueue()
+    recorder = Recorder(path, 999, inbox)
+    delivered: list[StoredEvent] = []
+    found_in_db: list[bool] = []
+
+    def uplink(stored: StoredEvent) -> None:
+        # Runs in the recorder thread: the event must already be on disk, seen by a new reader.
+        with EventStore.open_readonly(path) as reader:
+            found_in_db.append(stored.seq in {e.seq for e in reader.since(stored.seq - 1, 1)})
+        delivered.append(stored)
+
+    def broken_uplink(stored: StoredEvent) -> None:
+        raise RuntimeError("uplink down")
+
+    recorder.subscribe(broken_uplink)  # must not stop recording or the next subscriber
+    recorder.subscribe(uplink)
+    for i in range(100):  # queued before start: drained in batches
+        inbox.put(ev(i))
+    recorder.start()
+    inbox.put(LatchedSnapshot({"wok-1": Level.HIGH}))
+    for i in range(100, 300):
+        inbox.put(ev(i))
+    assert recorder.flush(5.0)
+    recorder.stop()
+
+    assert [s.details["i"] for s in delivered] == list(range(300))
+    assert all(found_in_db)
+    seqs = [s.seq for s in delivered]
+    assert all(b > a for a, b in itertools.pairwise(seqs))
+    with EventStore.open_readonly(path) as reader:
+        stored = reader.recent(1000)
+        assert [(e.seq, e.details["i"]) for e in stored] == [
+            (s.seq, s.details["i"]) for s in delivered
+        ]
+        assert reader.load_latched() == {"wok-1": Level.HIGH}
+
+
+def test_recorder_stop_drains_what_is_queued(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    inbox: queue.SimpleQueue[RecorderItem] = queue.SimpleQueue()
+    recorder = Recorder(path, 999, inbox)
+    recorder.start()
+    for i in range(50):
+        inbox.put(ev(i))
+    recorder.stop(timeout=5.0)
+    assert not recorder.flush(0.1)  # not running any more
+    with EventStore.open_readonly(path) as reader:
+        assert [e.details["i"] for e in reader.recent(100)] == list(range(50))
+
+
+def test_recorder_survives_a_transient_error_and_keeps_order(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    inbox: queue.SimpleQueue[RecorderItem] = queue.SimpleQueue()
+    recorder = Recorder(path, 999, inbox, busy_timeout_s=0.05, retry_max_s=0.2)
+    recorder.start()
+    inbox.put(ev(0))
+    assert recorder.flush(5.0)
+
+    # Another process holds the write lock (a real SQLite lock, not a mock): writes fail.
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        for i in range(1, 20):
+            inbox.put(ev(i))
+        inbox.put(LatchedSnapshot({"wok-2": Level.LOW}))
+        assert not recorder.flush(0.5)
+        assert recorder.failing
+        assert recorder.last_error is not None and "locked" in recorder.last_error
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    for i in range(20, 30):
+        inbox.put(ev(i))
+    assert recorder.flush(5.0)
+    assert not recorder.failing
+    recorder.stop()
+
+    with EventStore.open_readonly(path) as reader:
+        events = reader.recent(100)
+        assert reader.load_latched() == {"wok-2": Level.LOW}
+    ours = [e.details["i"] for e in events if e.kind == "alarm.raised"]
+    assert ours == list(range(30))  # nothing lost, nothing reordered
+    recovered = [e for e in events if e.kind == "store.recovered"]
+    assert len(recovered) == 1 and "locked" in recovered[0].details["error"]
+
+
+def test_recorder_start_fails_clearly_on_a_corrupt_store(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    path.write_bytes(b"\x00garbage" * 1000)
+    recorder = Recorder(path, 999, queue.SimpleQueue())
+    with pytest.raises(EventStoreError, match="corrupt"):
+        recorder.start()
+    assert not recorder.flush(0.1)  # no thread left running
+    assert path.read_bytes().startswith(b"\x00garbage")  # the evidence is left as it was
+
+
+def test_recorder_stores_a_bad_item_instead_of_blocking(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    inbox: queue.SimpleQueue[RecorderItem] = queue.SimpleQueue()
+    recorder = Recorder(path, 999, inbox)
+    recorder.start()
+    inbox.put(ev(0))
+    inbox.put((math.inf, Event("fault.raised", "wok-3", 1.0)))
+    inbox.put("not an item")  # type: ignore[arg-type]
+    inbox.put(ev(1))
+    assert recorder.flush(5.0)
+    recorder.stop()
+    with EventStore.open_readonly(path) as reader:
+        kinds = [(e.kind, e.source) for e in reader.recent(10)]
+        bad_utc = next(e for e in reader.recent(10) if e.source == "wok-3")
+    assert kinds == [
+        ("alarm.raised", "wok-1"),
+        ("fault.raised", "wok-3"),
+        ("recorder.bad_item", "recorder"),
+        ("alarm.raised", "wok-1"),
+    ]
+    assert bad_utc.details["given_utc"] == "inf" and math.isfinite(bad_utc.utc)
