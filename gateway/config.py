@@ -18,10 +18,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.core.model import DetectorPlan, Gas, SafetyPlan, ValvePlan
 from gateway.profiles import Profile, default_profiles_dir, load_profiles
+from gateway.rtu import read_exchange_time
 from gateway.validate import Checker, ConfigError, read_toml
 
 BAUD_RATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
@@ -208,13 +209,19 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
     bus_names = {b.name for b in buses}
 
     detectors: list[DetectorConfig] = []
+    # Every [[detector]] as written, even one whose profile is unknown: problem keys must name
+    # the table's real position, and its name, zone and address still count in the checks.
+    written: list[_Written] = []
     for i, raw in enumerate(_array(c, data, "detector")):
-        det = _detector(c, raw, i, profiles, bus_names)
+        det, seen = _detector(c, raw, i, profiles, bus_names)
+        written.append(seen)
         if det is not None:
             detectors.append(det)
-    _unique(c, "detector", [d.name for d in detectors])
+    _unique(c, "detector", [d.name for d in written])
     seen_addr: dict[tuple[str, int], str] = {}
-    for i, dc in enumerate(detectors):
+    for i, dc in enumerate(written):
+        if dc.address is None:
+            continue
         bus_addr = (dc.bus, dc.address)
         if bus_addr in seen_addr:
             c.bad(
@@ -224,11 +231,25 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
             )
         seen_addr[bus_addr] = dc.name
 
+    bus_by_name = {b.name: b for b in buses}
+    for det in detectors:
+        b = bus_by_name.get(det.bus)
+        if b is None:
+            continue
+        needed = read_exchange_time(det.profile.block[1], b.baud, b.parity, b.stop_bits)
+        if b.timeout_s <= needed:
+            c.bad(
+                f"bus[{buses.index(b)}].timeout_s",
+                b.timeout_s,
+                f"more than {needed:.3f} s: detector {det.name!r} ({det.profile.name}) needs "
+                f"{needed * 1000:.1f} ms on the wire at {b.baud} baud",
+            )
+
     valves = tuple(_valve(c, v, i) for i, v in enumerate(_array(c, data, "valve")))
     _unique(c, "valve", [v.name for v in valves])
-    det_zones = {d.zone for d in detectors}
+    det_zones = {d.zone for d in written}
     valve_zones = {z for v in valves for z in v.zones}
-    for i, dc in enumerate(detectors):
+    for i, dc in enumerate(written):
         if dc.zone not in valve_zones:
             c.bad(f"detector[{i}].zone", dc.zone, "a zone listed in some valve's zones")
     for i, v in enumerate(valves):
@@ -274,7 +295,7 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
         ]
     used: dict[int, str] = {}
     for pin_key, pin in pins:
-        if pin is None:
+        if pin is None or pin < 0:  # absent, or already reported as not a valid pin
             continue
         if pin in used:
             c.bad(pin_key, pin, f"a GPIO not already used (by {used[pin]})")
@@ -337,7 +358,7 @@ def _name(c: Checker, data: dict[str, Any], key: str) -> str:
 def _unique(c: Checker, what: str, names: list[str]) -> None:
     seen: set[str] = set()
     for i, n in enumerate(names):
-        if n in seen:
+        if n and n in seen:  # an empty name was already reported as missing
             c.bad(f"{what}[{i}].name", n, f"a name not used by another {what}")
         seen.add(n)
 
@@ -374,13 +395,24 @@ def _bus(c: Checker, b: dict[str, Any], i: int) -> BusConfig:
     )
 
 
+class _Written(NamedTuple):
+    """The keys of one [[detector]] that other checks compare across detectors."""
+
+    name: str
+    zone: str
+    bus: str
+    address: int | None  # None when the address itself was rejected
+
+
 def _detector(
     c: Checker,
     d: dict[str, Any],
     i: int,
     profiles: dict[str, Profile],
     bus_names: set[str],
-) -> DetectorConfig | None:
+) -> tuple[DetectorConfig | None, _Written]:
+    """The detector, or None if its profile is unknown; and, always, what was written (for
+    the cross-checks of names, zones and addresses)."""
     k = f"detector[{i}]"
     c.known_keys(d, k, ("name", "zone", "bus", "address", "profile", "gas", "low_lel", "high_lel"))
     name = _name(c, d, f"{k}.name")
@@ -388,19 +420,24 @@ def _detector(
     bus = c.string(d, f"{k}.bus")
     if bus and bus not in bus_names:
         c.bad(f"{k}.bus", bus, "the name of a [[bus]]: " + ", ".join(sorted(bus_names)))
+    before = len(c.problems)
     address = c.integer(d, f"{k}.address", 1, 247)
+    address_ok = len(c.problems) == before
     profile_name = c.string(d, f"{k}.profile")
     profile = profiles.get(profile_name)
     if profile is None and profiles:
         c.bad(f"{k}.profile", profile_name, "one of " + ", ".join(sorted(profiles)))
     gas = c.choice(d, f"{k}.gas", [g.value for g in Gas])
+    before = len(c.problems)
     low = c.number(d, f"{k}.low_lel", 1.0, 25.0)
     high = c.number(d, f"{k}.high_lel", 1.0, 50.0)
-    if d.get("low_lel") is not None and d.get("high_lel") is not None and low >= high:
+    # Compare only two valid set points: a rejected one was replaced by a placeholder.
+    if len(c.problems) == before and low >= high:
         c.bad(f"{k}.high_lel", high, f"above low_lel ({low:g} %LEL)")
+    seen = _Written(name, zone, bus, address if address_ok else None)
     if profile is None:
-        return None
-    return DetectorConfig(name, zone, bus, address, profile, Gas(gas), low, high)
+        return None, seen
+    return DetectorConfig(name, zone, bus, address, profile, Gas(gas), low, high), seen
 
 
 def _valve(c: Checker, v: dict[str, Any], i: int) -> ValveConfig:

@@ -25,6 +25,29 @@ from gateway.validate import Checker, ConfigError, Problem, read_toml
 VALUE_TYPES = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2}
 STATUS_KINDS = ("code", "bits", "threshold", "any_bit_fault")
 PARITIES = ("N", "E", "O")
+TOP_KEYS = (
+    "name",
+    "description",
+    "function_code",
+    "default_address",
+    "default_baud",
+    "default_parity",
+    "default_stop_bits",
+    "range_lel",
+    "concentration",
+    "status",
+    "units",
+)
+CONCENTRATION_KEYS = ("register", "type", "word_order", "scale")
+UNITS_KEYS = ("register", "expect")
+# The keys each status kind reads: any other key would be silently ignored (a fault bit given
+# to a "code" rule, say), so it is rejected like a typo.
+STATUS_KEYS = {
+    "code": ("register", "kind", "normal", "low_alarm", "high_alarm", "fault"),
+    "bits": ("register", "kind", "low_alarm_bit", "high_alarm_bit", "fault_bit"),
+    "threshold": ("register", "kind", "fault_at_or_above"),
+    "any_bit_fault": ("register", "kind"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,8 +269,10 @@ def load_profile(path: Path) -> Profile:
 
 def parse_profile(data: dict[str, Any], file: str) -> Profile:
     p = Checker(file)
+    p.known_keys(data, "", TOP_KEYS)
     name = p.string(data, "name")
     conc = p.table(data, "concentration")
+    p.known_keys(conc, "concentration", CONCENTRATION_KEYS)
     vtype = p.choice(conc, "concentration.type", VALUE_TYPES)
     statuses = data.get("status", [])
     rules: list[StatusRule] = []
@@ -260,6 +285,8 @@ def parse_profile(data: dict[str, Any], file: str) -> Profile:
             p.bad(key, s, "a table")
             continue
         kind = p.choice(s, f"{key}.kind", STATUS_KINDS)
+        if s.get("kind") in STATUS_KEYS:
+            p.known_keys(s, key, STATUS_KEYS[kind])
         rules.append(
             StatusRule(
                 register=p.integer(s, f"{key}.register", 0, 65535),
@@ -280,6 +307,7 @@ def parse_profile(data: dict[str, Any], file: str) -> Profile:
     units_register = units_expect = None
     if units is not None:
         if isinstance(units, dict):
+            p.known_keys(units, "units", UNITS_KEYS)
             units_register = p.integer(units, "units.register", 0, 65535)
             units_expect = p.integer(units, "units.expect", 0, 65535)
         else:
@@ -301,6 +329,17 @@ def parse_profile(data: dict[str, Any], file: str) -> Profile:
         units_register=units_register,
         units_expect=units_expect,
     )
+    if not p.problems:
+        # Two fields in one register would decode each other's bits as their own.
+        spans = [("concentration.register", profile.value_register, profile._width)]
+        spans += [(f"status[{i}].register", r.register, 1) for i, r in enumerate(rules)]
+        if profile.units_register is not None:
+            spans.append(("units.register", profile.units_register, 1))
+        for i, (key, first, width) in enumerate(spans):
+            for other, o_first, o_width in spans[:i]:
+                if first < o_first + o_width and o_first < first + width:
+                    p.bad(key, first, f"a register not already used by {other}")
+                    break
     if not p.problems and profile.block[1] > 125:
         p.bad("(registers)", profile.block[1], "one read of at most 125 registers (Modbus limit)")
     if p.problems:

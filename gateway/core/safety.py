@@ -10,7 +10,8 @@ Rules (each one is a test in ``tests/test_safety_core.py`` or a property in
 * A detector's level rises to L when its last ``confirm_count`` readings are all at L or above
   (GB 16808-2025: alarm confirmed by >= 2 signals); it falls when its last ``confirm_count``
   readings are all below. A value above the detector's range counts as a high alarm. A reading
-  with no usable value (NaN, garbage) or a detector-reported fault is a sensor fault.
+  with no usable value (NaN, garbage) or a detector-reported fault is a sensor fault; an alarm
+  the detector reports itself still counts as an alarm reading.
 * An alarm latches: the latched level is kept until a manual reset.
 * A detector with no valid reply for ``comm_fault_timeout_s`` is in comm fault; its last value is
   then never reported (``DetectorView.lel`` is None).
@@ -18,7 +19,10 @@ Rules (each one is a test in ``tests/test_safety_core.py`` or a property in
 * A valve, once closed, stays closed (lockout) until a local manual reset, which is refused unless
   every detector is normal. Startup begins with every valve closed: a restart never opens gas.
 * A valve with a position contact must confirm "closed" within its ``close_confirm_s`` or it is
-  in fault; a confirmed-open valve whose contact reports closed is locked out.
+  in fault; a confirmed-open valve whose contact reports closed is locked out. A valve in fault
+  blocks the reset until its contact confirms "closed" again.
+* Time never runs backwards: inputs are judged at the latest time seen, and a reading that
+  waited longer than ``comm_fault_timeout_s`` is stale and ignored.
 """
 
 from __future__ import annotations
@@ -121,6 +125,8 @@ class _Detector:
             and self.sensor_fault is None
             and self.level == Level.NORMAL
             and (not self.alarm_window or self.alarm_window[-1] == Level.NORMAL)
+            # the last reply must itself be usable: one NaN is not yet a fault, nor normal
+            and (not self.fault_window or self.fault_window[-1] is None)
         )
 
 
@@ -130,6 +136,7 @@ class _Valve:
         "confirmed",
         "failed",
         "feedback_closed",
+        "never_closed",
         "open",
         "plan",
         "reason",
@@ -143,6 +150,7 @@ class _Valve:
         self.close_at: float | None = now
         self.confirmed = not plan.has_feedback
         self.failed = False
+        self.never_closed = False  # failed because it never confirmed "closed" (stuck)
         self.feedback_closed: bool | None = None
         self.seen_open = False
 
@@ -164,6 +172,7 @@ class SafetyCore:
         self._zone_valves: dict[str, list[_Valve]] = {}
         self._silenced = False
         self._events: list[Event] = []
+        self._now = now
         self._apply_plan(plan, now)
         for name, level in (latched or {}).items():
             det = self._detectors.get(name)
@@ -188,6 +197,10 @@ class SafetyCore:
                 det = _Detector(dp, now, self._window)
                 if old is not None:  # keep what matters for safety across a re-plan
                     det.latched, det.last_good_at = old.latched, old.last_good_at
+                    # Only the confirmation windows start afresh: a confirmed alarm level or
+                    # fault stays until readings in the new window clear it.
+                    det.level, det.lel = old.level, old.lel
+                    det.sensor_fault, det.comm_fault = old.sensor_fault, old.comm_fault
                 self._detectors[dp.name] = det
         self._valves = {}
         for vp in plan.valves:
@@ -214,8 +227,16 @@ class SafetyCore:
     # -- the one entry point ---------------------------------------------------------------
 
     def handle(self, inp: Input) -> Outputs:
-        """Feed one input; return what the drivers must show now and the events it caused."""
-        now = inp.at
+        """Feed one input; return what the drivers must show now and the events it caused.
+
+        Time never runs backwards inside the core: an input stamped earlier than one already
+        seen (it waited in a queue) is judged at the latest time seen."""
+        now = max(inp.at, self._now)
+        self._now = now
+        # Time has passed up to ``now`` before this input happened: a detector silent for too
+        # long is in comm fault (and its valves close) before a late reply clears it or a reset
+        # is judged. Otherwise a stalled loop could hide the silence or reopen the gas.
+        self._decide(now)
         if isinstance(inp, Reading):
             self._on_reading(inp)
         elif isinstance(inp, CommFailure):
@@ -258,6 +279,8 @@ class SafetyCore:
         det = self._detectors.get(r.detector)
         if det is None:
             return  # a detector removed by a re-plan; its late reading means nothing now
+        if self._now - r.at > self._plan.comm_fault_timeout_s:
+            return  # waited longer than the silence limit: it is not current, it proves nothing
         if r.at >= det.last_good_at:
             det.last_good_at = r.at
         det.has_reading = True
@@ -269,26 +292,32 @@ class SafetyCore:
         self._update_sensor_fault(det, r.at)
         if level is None:
             det.lel = None
-            return
-        det.lel = max(0.0, r.lel if r.lel is not None else 0.0)
+            # A faulty detector that still reports its own alarm is alarming (fail safe): the
+            # alarm counts towards confirmation, the fault towards a sensor fault.
+            if r.own_alarm == Level.NORMAL:
+                return
+            level = r.own_alarm
+        else:
+            det.lel = max(0.0, r.lel if r.lel is not None else 0.0)
         det.alarm_window.append(level)
         if len(det.alarm_window) < self._window:
             return
         up = min(det.alarm_window)  # every one of the last N readings is at least this
         down = max(det.alarm_window)  # every one of the last N readings is at most this
         if up > det.level:
+            # A rise is a new alarm even below the latched level (gas back after it cleared):
+            # it is recorded and sounds again after a silence.
             det.level = up
-            if up > det.latched:
-                det.latched = up
-                self._silenced = False
-                self._events.append(
-                    Event(
-                        "alarm.raised",
-                        det.plan.name,
-                        r.at,
-                        {"level": up.name.lower(), "lel": det.lel, "zone": det.plan.zone},
-                    )
+            det.latched = max(det.latched, up)
+            self._silenced = False
+            self._events.append(
+                Event(
+                    "alarm.raised",
+                    det.plan.name,
+                    r.at,
+                    {"level": up.name.lower(), "lel": det.lel, "zone": det.plan.zone},
                 )
+            )
         elif down < det.level:
             det.level = down
             if down == Level.NORMAL:
@@ -332,7 +361,7 @@ class SafetyCore:
                         Event("valve.closed", name, fb.at, {"confirmed": True, "after_s": after})
                     )
                 if valve.failed:
-                    valve.failed = False
+                    valve.failed = valve.never_closed = False
                     self._events.append(Event("fault.cleared", name, fb.at, {"fault": "valve"}))
             elif valve.confirmed:
                 # Closed, confirmed, and now the contact says open: nobody may open it but us.
@@ -347,10 +376,13 @@ class SafetyCore:
             valve.confirmed = True
             self._events.append(Event("valve.closed", name, fb.at, {"confirmed": True}))
 
-    def _valve_fault(self, valve: _Valve, now: float, text: str) -> None:
+    def _valve_fault(
+        self, valve: _Valve, now: float, text: str, never_closed: bool = False
+    ) -> None:
         if valve.failed:
             return
         valve.failed = True
+        valve.never_closed = never_closed
         self._silenced = False
         self._events.append(Event("valve.failed", valve.plan.name, now, {"text": text}))
 
@@ -381,9 +413,23 @@ class SafetyCore:
                 why = "no reading yet"
             elif det.fault is not None:
                 why = det.fault
+            elif det.fault_window and det.fault_window[-1] is not None:
+                why = f"last reply unusable: {det.fault_window[-1]}"
             else:
                 why = f"gas at {det.lel:.1f} %LEL" if det.lel is not None else "not normal"
+                if det.level > Level.NORMAL:
+                    why += f", {det.level.name.lower()} alarm not yet cleared"
             blockers.append(f"{det.plan.name}: {why}")
+        for valve in self._valves.values():
+            if valve.never_closed:
+                # A valve that never confirmed "closed" is broken: gas may flow whatever we
+                # command. Keep the fault (yellow, sounder) until a technician has fixed it and
+                # its contact confirms "closed". (A valve reopened by hand after it had closed
+                # is an action at the valve, which the reset may accept.)
+                blockers.append(
+                    f"{valve.plan.name}: valve never confirmed closed, check the valve and its "
+                    "contact"
+                )
         return blockers
 
     def _on_reset(self, req: ResetRequest) -> None:
@@ -402,6 +448,8 @@ class SafetyCore:
         self._silenced = False
         for det in self._detectors.values():
             det.latched = Level.NORMAL
+        # A valve that never confirmed "closed" blocks the reset (see reset_blockers); one that
+        # was reopened by hand after closing is accepted with the reset.
         for valve in self._valves.values():
             if valve.failed:
                 valve.failed = False
@@ -421,6 +469,11 @@ class SafetyCore:
     # -- time and decisions ------------------------------------------------------------------
 
     def _finish(self, now: float) -> Outputs:
+        self._decide(now)
+        return self._outputs()
+
+    def _decide(self, now: float) -> None:
+        """Apply the passage of time and the fail-safe rules at ``now``. Idempotent."""
         timeout = self._plan.comm_fault_timeout_s
         for det in self._detectors.values():
             if not det.comm_fault and now - det.last_good_at > timeout:
@@ -454,9 +507,11 @@ class SafetyCore:
                 and now - valve.close_at > valve.plan.close_confirm_s
             ):
                 self._valve_fault(
-                    valve, now, f"no closed feedback within {valve.plan.close_confirm_s} s"
+                    valve,
+                    now,
+                    f"no closed feedback within {valve.plan.close_confirm_s} s",
+                    never_closed=True,
                 )
-        return self._outputs()
 
     def _outputs(self) -> Outputs:
         any_alarm = any(d.latched > Level.NORMAL for d in self._detectors.values())
