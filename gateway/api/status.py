@@ -1,0 +1,103 @@
+"""The status document the control API serves (``gasguard status --json``).
+
+Built from the safety thread's published snapshot in the API thread. A detector in comm fault
+has ``lel: null``: its last value is never shown as current, only the age of its last valid
+reply (``age_s``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.config import Config
+from gateway.core.model import Level, Outputs
+from gateway.core.safety import CoreView, DetectorView
+
+
+def detector_state(d: DetectorView) -> str:
+    """normal, low-alarm, high-alarm, fault, comm-fault or starting."""
+    if d.fault is not None:
+        return "comm-fault" if d.fault.startswith("comm") else "fault"
+    if not d.has_reading:
+        return "starting"
+    level = max(d.level, d.latched)
+    return {Level.NORMAL: "normal", Level.LOW: "low-alarm", Level.HIGH: "high-alarm"}[level]
+
+
+def build_status(
+    config: Config,
+    view: CoreView,
+    outputs: Outputs,
+    reset_blockers: tuple[str, ...],
+    *,
+    now: float,
+    wall: float,
+    uptime_s: float,
+    simulated: bool,
+) -> dict[str, Any]:
+    det_cfg = {d.name: d for d in config.detectors}
+    valve_cfg = {v.name: v for v in config.valves}
+    detectors = []
+    alarms = []
+    faults = []
+    for d in view.detectors:
+        c = det_cfg.get(d.name)
+        detectors.append(
+            {
+                "name": d.name,
+                "zone": d.zone,
+                "bus": c.bus if c else None,
+                "address": c.address if c else None,
+                "profile": c.profile.name if c else None,
+                "gas": c.gas.value if c else None,
+                "lel": None if d.lel is None else round(d.lel, 1),
+                "state": detector_state(d),
+                "level": d.level.name.lower(),
+                "latched": d.latched.name.lower(),
+                "fault": d.fault,
+                "age_s": None
+                if d.last_good_at is None
+                else round(max(0.0, now - d.last_good_at), 1),
+            }
+        )
+        if d.latched > Level.NORMAL:
+            still = "" if d.level > Level.NORMAL else ", gas now below the set point"
+            alarms.append(f"{d.name}: {d.latched.name.lower()} alarm (latched until reset{still})")
+        if d.fault is not None:
+            faults.append(f"{d.name}: {d.fault}")
+    valves = []
+    for v in view.valves:
+        vc = valve_cfg.get(v.name)
+        if v.failed:
+            faults.append(f"{v.name}: valve fault")
+        valves.append(
+            {
+                "name": v.name,
+                "kind": vc.kind if vc else None,
+                "commanded": "open" if v.commanded_open else "closed",
+                "reason": v.reason,
+                "feedback": "none"
+                if v.feedback_closed is None
+                else ("closed" if v.feedback_closed else "open"),
+                "confirmed": v.confirmed,
+                "failed": v.failed,
+            }
+        )
+    return {
+        "site": {"id": config.site.id, "name": config.site.name, "address": config.site.address},
+        "uptime_s": round(uptime_s, 1),
+        "now_utc": wall,
+        "simulated": simulated,
+        "detectors": detectors,
+        "valves": valves,
+        "alarms": alarms,
+        "faults": faults,
+        "sounder": outputs.sounder,
+        "silenced": view.silenced,
+        "lights": {
+            "red": outputs.red.value,
+            "yellow": outputs.yellow.value,
+            "green": outputs.green.value,
+        },
+        "reset_blockers": list(reset_blockers),
+    }

@@ -1,0 +1,186 @@
+"""The ``gasguard`` command.
+
+gasguard run --config FILE          run the controller (on the Pi, under systemd)
+gasguard check-config FILE          validate a config; every error with key, value, range
+gasguard status [--json]            ask the running controller
+gasguard events [--json]            print the event log (works with the controller stopped)
+gasguard demo [--once]              the whole controller on a simulated kitchen
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway import log
+from gateway.api.control import ControlClient, ControlError
+from gateway.api.render import render_events, render_status
+from gateway.config import Config, load_config
+from gateway.controller import Controller, events_db
+from gateway.store.events import EventStore, EventStoreError
+from gateway.validate import ConfigError
+
+DEFAULT_CONFIG = Path("/etc/gasguard/gasguard.toml")
+
+
+def _load(path: Path) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        print(f"{path}: {len(e.problems)} problem(s), config not used:", file=sys.stderr)
+        for p in e.problems:
+            print(f"  {p}", file=sys.stderr)
+        return None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args.file)
+    if cfg is None:
+        return 1
+    print(f"{args.file}: OK")
+    print(f"  site {cfg.site.id} ({cfg.site.name})")
+    for b in cfg.buses:
+        print(f"  bus {b.name}: {b.port} {b.baud} 8{b.parity}{b.stop_bits}")
+    for d in cfg.detectors:
+        print(
+            f"  detector {d.name}: zone {d.zone}, {d.bus} address {d.address}, "
+            f"{d.profile.name}, {d.gas.value}, low {d.low_lel:g} / high {d.high_lel:g} %LEL"
+        )
+    for v in cfg.valves:
+        fb = "no feedback" if v.feedback_pin is None else f"feedback GPIO{v.feedback_pin}"
+        print(
+            f"  valve {v.name}: {v.kind} on GPIO{v.output_pin}, {fb}, "
+            f"closes zones {', '.join(v.zones)}"
+        )
+    t = cfg.timings
+    print(
+        f"  poll every {t.poll_period_s:g} s, comm fault after {t.comm_fault_timeout_s:g} s, "
+        f"alarm confirmed by {t.confirm_count} readings"
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    log.setup()
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    return Controller(cfg).run()
+
+
+def _socket(args: argparse.Namespace) -> Path | None:
+    if args.socket is not None:
+        return Path(args.socket)
+    cfg = _load(args.config)
+    return None if cfg is None else cfg.control_socket
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    path = _socket(args)
+    if path is None:
+        return 1
+    try:
+        status = ControlClient(path).call("status")
+    except ControlError as e:
+        print(f"gasguard status: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(status, ensure_ascii=False, indent=2))
+    else:
+        print(render_status(status))
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    if args.db is not None:
+        db = Path(args.db)
+    else:
+        cfg = _load(args.config)
+        if cfg is None:
+            return 1
+        db = events_db(cfg.data_dir)
+    try:
+        with EventStore.open_readonly(db) as reader:
+            rows = reader.recent(args.limit)
+    except EventStoreError as e:
+        print(f"gasguard events: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        for r in rows:
+            line = {
+                "seq": r.seq,
+                "utc": r.utc,
+                "kind": r.kind,
+                "source": r.source,
+                "details": r.details,
+            }
+            print(json.dumps(line, ensure_ascii=False))
+    else:
+        print(render_events(rows))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.sim.demo import run_demo  # the simulator is only imported when asked for
+
+    return run_demo(once=args.once, speed=args.speed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gasguard",
+        description="Gas-safety controller for restaurant kitchens.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("run", help="run the controller")
+    s.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("check-config", help="validate a configuration file")
+    s.add_argument("file", type=Path)
+    s.set_defaults(func=cmd_check_config)
+
+    s = sub.add_parser("status", help="show the running controller's status")
+    s.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    s.add_argument("--socket", help="control socket path (instead of reading it from --config)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("events", help="print the event log")
+    s.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    s.add_argument("--db", help="event database path (instead of reading it from --config)")
+    s.add_argument("--limit", type=int, default=100, help="newest N events (default 100)")
+    s.add_argument("--json", action="store_true", help="one JSON object per line")
+    s.set_defaults(func=cmd_events)
+
+    s = sub.add_parser("demo", help="run the controller on a simulated kitchen")
+    s.add_argument(
+        "--once",
+        action="store_true",
+        help="run the scenario without the live view, print a summary, exit",
+    )
+    s.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="scenario pacing factor (2 = twice as fast); safety timings unchanged",
+    )
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "limit", 1) < 1:
+        print("gasguard events: --limit must be at least 1", file=sys.stderr)
+        return 2
+    rc: int = args.func(args)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""A simulated kitchen: everything around the controller, nothing of the controller itself.
+
+Two RS-485 buses on pseudo-terminals with emulated detectors of two profiles on them
+(``BusEmulator``), gpiozero mock pins for the valves, lights, sounder and buttons, and a simulated
+valve body per valve (``ValveMechanism``) that drives the position contact. The controller runs
+unchanged against it: real pyserial, real minimalmodbus, real gpiozero code.
+
+Used by ``gasguard demo``, the integration tests and the benchmarks. It is a simulation and says
+so: the status it produces carries ``"simulated": true``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gpiozero.pins.mock import MockFactory
+
+from gateway.config import Config, load_config
+from gateway.profiles import default_profiles_dir, load_profiles
+from gateway.sim.emulator import BusEmulator, EmulatedDetector
+from gateway.sim.valve_mechanism import ValveMechanism
+
+VALVE_PIN = 17
+FEEDBACK_PIN = 27
+RESET_PIN = 6
+SILENCE_PIN = 5
+
+
+@dataclass(frozen=True, slots=True)
+class SimDetector:
+    name: str
+    zone: str
+    bus: str
+    address: int
+    profile: str
+    gas: str
+
+
+@dataclass(frozen=True, slots=True)
+class SimBus:
+    name: str
+    baud: int
+    parity: str
+
+
+DEFAULT_BUSES = (SimBus("bus0", 9600, "N"), SimBus("bus1", 19200, "E"))
+DEFAULT_DETECTORS = (
+    SimDetector("wok-1", "hot-kitchen", "bus0", 1, "generic-cn-kitchen", "natural-gas"),
+    SimDetector("wok-2", "hot-kitchen", "bus0", 2, "generic-cn-kitchen", "natural-gas"),
+    SimDetector("steamer", "hot-kitchen", "bus0", 3, "generic-cn-kitchen", "natural-gas"),
+    SimDetector("fryer", "hot-kitchen", "bus1", 1, "honeywell-sensepoint-xcd", "natural-gas"),
+    SimDetector("lpg-store", "hot-kitchen", "bus1", 2, "honeywell-sensepoint-xcd", "lpg"),
+)
+
+
+class SimulatedKitchen:
+    """Build with ``SimulatedKitchen(workdir)``, then ``start()``, ``config()``, and drive it
+    with ``set_gas()``, ``press_reset()`` and friends; ``stop()`` at the end.
+
+    ``travel_s`` is how long the simulated valve takes to move (the contact follows then).
+    ``poll_period_s``, ``comm_fault_timeout_s`` go into the generated config.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        buses: tuple[SimBus, ...] = DEFAULT_BUSES,
+        detectors: tuple[SimDetector, ...] = DEFAULT_DETECTORS,
+        travel_s: float = 0.3,
+        poll_period_s: float = 0.5,
+        comm_fault_timeout_s: float = 5.0,
+        bus_timeout_s: float = 0.1,
+        turnaround_s: float = 0.001,
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.bus_specs = buses
+        self.detector_specs = detectors
+        self.travel_s = travel_s
+        self.poll_period_s = poll_period_s
+        self.comm_fault_timeout_s = comm_fault_timeout_s
+        self.bus_timeout_s = bus_timeout_s
+        self.turnaround_s = turnaround_s
+        self.factory = MockFactory()
+        self.emulators: dict[str, BusEmulator] = {}
+        self.detectors: dict[str, EmulatedDetector] = {}
+        self.valve: ValveMechanism | None = None
+        self.config_path = self.workdir / "gasguard.toml"
+        self._config: Config | None = None
+        self._coil_t0 = 0.0
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def start(self) -> Config:
+        """Start the emulated buses, write the config, start the valve body; return the config."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        profiles = load_profiles(default_profiles_dir())
+        ports: dict[str, str] = {}
+        for bus in self.bus_specs:
+            dets = []
+            for d in self.detector_specs:
+                if d.bus == bus.name:
+                    det = EmulatedDetector(address=d.address, profile=profiles[d.profile])
+                    self.detectors[d.name] = det
+                    dets.append(det)
+            emulator, path = BusEmulator.on_pty(
+                bus.baud,
+                bus.parity,
+                1,
+                dets,
+                turnaround_s=self.turnaround_s,
+                link=self.workdir / f"{bus.name}.tty",
+            )
+            emulator.start()
+            self.emulators[bus.name] = emulator
+            ports[bus.name] = path
+        self.config_path.write_text(self._config_text(ports), encoding="utf-8")
+        self._config = load_config(self.config_path)
+        valve_cfg = self._config.valves[0]
+        self.valve = ValveMechanism(
+            self.factory, valve_cfg, self.travel_s, hand_reopen=False, start_closed=True
+        )
+        self.valve.start()
+        coil: Any = self.factory.pin(VALVE_PIN)
+        coil.clear_states()
+        self._coil_t0 = time.monotonic()
+        return self._config
+
+    def config(self) -> Config:
+        if self._config is None:
+            raise RuntimeError("start() the kitchen first")
+        return self._config
+
+    def _config_text(self, ports: dict[str, str]) -> str:
+        lines = [
+            "# Generated by gasguard's simulated kitchen. SIMULATION: no real gas, no real valve.",
+            'profiles_dir = "' + str(default_profiles_dir()) + '"',
+            "[site]",
+            'id = "SIM-KITCHEN-01"',
+            'name = "Simulated kitchen (demo)"',
+            'address = "nowhere: this is a simulation"',
+            "[timings]",
+            f"poll_period_s = {self.poll_period_s}",
+            f"comm_fault_timeout_s = {self.comm_fault_timeout_s}",
+            "confirm_count = 2",
+            "[storage]",
+            'data_dir = "data"',
+            "[control]",
+            'socket = "control.sock"',
+        ]
+        for bus in self.bus_specs:
+            lines += [
+                "[[bus]]",
+                f'name = "{bus.name}"',
+                f'port = "{ports[bus.name]}"',
+                f"baud = {bus.baud}",
+                f'parity = "{bus.parity}"',
+                "stop_bits = 1",
+                f"timeout_s = {self.bus_timeout_s}",
+                "retries = 1",
+            ]
+        for d in self.detector_specs:
+            lines += [
+                "[[detector]]",
+                f'name = "{d.name}"',
+                f'zone = "{d.zone}"',
+                f'bus = "{d.bus}"',
+                f"address = {d.address}",
+                f'profile = "{d.profile}"',
+                f'gas = "{d.gas}"',
+                "low_lel = 20",
+                "high_lel = 50",
+            ]
+        zones = sorted({d.zone for d in self.detector_specs})
+        lines += [
+            "[[valve]]",
+            'name = "main-inlet"',
+            'kind = "held-open"',
+            f"output_pin = {VALVE_PIN}",
+            f"feedback_pin = {FEEDBACK_PIN}",
+            'feedback_closed_level = "high"',
+            "close_confirm_s = 2.0",
+            "zones = [" + ", ".join(f'"{z}"' for z in zones) + "]",
+            "[annunciator]",
+            "sounder_pin = 22",
+            "red_pin = 23",
+            "yellow_pin = 24",
+            "green_pin = 25",
+            f"silence_pin = {SILENCE_PIN}",
+            f"reset_pin = {RESET_PIN}",
+            "reset_hold_s = 2.0",
+        ]
+        return "\n".join(lines) + "\n"
+
+    # -- the kitchen's world -----------------------------------------------------------------
+
+    def set_gas(self, detector: str, lel: float) -> float:
+        """Gas at one detector; returns the monotonic time it was set."""
+        self.detectors[detector].lel = lel
+        return time.monotonic()
+
+    def set_all_gas(self, lel: float) -> None:
+        for det in self.detectors.values():
+            det.lel = lel
+
+    def press_reset(self, hold_s: float = 2.3) -> None:
+        """Hold the reset button (to ground) for ``hold_s`` seconds, then release."""
+        pin: Any = self.factory.pin(RESET_PIN)
+        pin.drive_low()
+        time.sleep(hold_s)
+        pin.drive_high()
+
+    def press_silence(self) -> None:
+        pin: Any = self.factory.pin(SILENCE_PIN)
+        pin.drive_low()
+        time.sleep(0.1)
+        pin.drive_high()
+
+    def valve_coil_energised(self) -> bool:
+        pin: Any = self.factory.pin(VALVE_PIN)
+        return bool(pin.state)
+
+    def valve_coil_edges(self) -> list[tuple[float, bool]]:
+        """Every edge of the valve's coil output as (monotonic time, energised), oldest first,
+        from the mock pin's recorded history (deltas since ``clear_states`` at start-up)."""
+        pin: Any = self.factory.pin(VALVE_PIN)
+        t = self._coil_t0
+        edges = []
+        for state in pin.states[1:]:
+            t += state.timestamp
+            edges.append((t, bool(state.state)))
+        return edges
+
+    def valve_coil_closed_at(self, after: float) -> float | None:
+        """When the coil was first de-energised after ``after`` (monotonic), if it was."""
+        for t, energised in self.valve_coil_edges():
+            if t >= after and not energised:
+                return t
+        return None
+
+    def stop(self) -> None:
+        if self.valve is not None:
+            self.valve.stop()
+        for emulator in self.emulators.values():
+            emulator.stop()
+        self.factory.close()
