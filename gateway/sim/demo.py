@@ -1,9 +1,10 @@
 """``gasguard demo``: the whole controller on a simulated kitchen, with a scripted leak.
 
 The scenario: start-up (gas off until a local reset) → the cook holds the reset button → gas on
-→ normal cooking → a leak at wok-1 → alarm confirmed, valve closed → a reset while gas is still
-present is refused → the gas disperses, the alarm stays latched, the valve stays closed → the
-cook holds the reset button → gas on again.
+→ normal cooking → an LPG leak in the LPG room → alarm confirmed, that zone's valve closed while
+the hot kitchen's valve stays open → a reset while gas is still present is refused → the gas
+disperses, the alarm stays latched, the valve stays closed → the cook holds the reset button →
+gas on again.
 
 With ``--once`` it prints each step and a summary instead of the live view, and exits 0 only if
 the valve closed on the leak and stayed closed until the accepted reset.
@@ -30,6 +31,9 @@ from gateway.sim.kitchen import SimulatedKitchen
 from gateway.store.events import EventStore
 
 BANNER = "*** SIMULATION — simulated kitchen, emulated detectors, no real gas or valve ***"
+LEAK_AT = "lpg-store"  # a Honeywell XCD on the 19200 8E1 bus, in zone lpg-room
+LEAK_VALVE = "lpg-manifold"
+OTHER_VALVE = "main-inlet"
 
 
 @dataclass
@@ -39,6 +43,7 @@ class DemoResult:
     reopened_before_reset: bool = False
     reset_refused_with_gas: bool = False
     reopened_after_reset: bool = False
+    other_zone_kept_gas: bool = False
     steps: list[str] = field(default_factory=list)
 
     @property
@@ -48,6 +53,7 @@ class DemoResult:
             and not self.reopened_before_reset
             and self.reset_refused_with_gas
             and self.reopened_after_reset
+            and self.other_zone_kept_gas
         )
 
 
@@ -84,26 +90,33 @@ def run_scenario(
     pause(1.5)
     step("The cook holds the RESET button for 2 s ...")
     kitchen.press_reset()
-    if not _wait(kitchen.valve_coil_energised, 3):
-        step("FAILED: the reset did not open the valve")
+    def both_open() -> bool:
+        return all(kitchen.valve_coil_energised(v) for v in kitchen.valves)
+
+    if not _wait(both_open, 3):
+        step("FAILED: the reset did not open the valves")
         return result
-    step("Reset accepted: the valve is open, the kitchen is cooking.")
+    step("Reset accepted: both valves are open, the kitchen is cooking.")
     pause(3)
-    step("LEAK at wok-1: gas rises to 62 %LEL.")
-    t_leak = kitchen.set_gas("wok-1", 62.0)
-    if _wait(lambda: not kitchen.valve_coil_energised(), 5):
+    step(f"LPG LEAK in the LPG room: gas at {LEAK_AT} rises to 62 %LEL.")
+    t_leak = kitchen.set_gas(LEAK_AT, 62.0)
+    if _wait(lambda: not kitchen.valve_coil_energised(LEAK_VALVE), 5):
         result.closed_on_leak = True
-        closed_at = kitchen.valve_coil_closed_at(t_leak)
+        closed_at = kitchen.valve_coil_closed_at(t_leak, LEAK_VALVE)
         result.leak_to_valve_s = None if closed_at is None else closed_at - t_leak
         took = "" if closed_at is None else f" {(closed_at - t_leak) * 1000:.0f} ms after the leak"
-        step(f"Alarm confirmed by 2 readings: valve CLOSED{took}. Sounder on, red light flashing.")
+        result.other_zone_kept_gas = kitchen.valve_coil_energised(OTHER_VALVE)
+        step(
+            f"Alarm confirmed by 2 readings: {LEAK_VALVE} CLOSED{took}; {OTHER_VALVE} (other "
+            "zone) stays open. Sounder on, red light flashing."
+        )
     else:
         step("FAILED: the valve did not close within 5 s of the leak")
         return result
 
     def watch_reopen() -> None:
         while not stop_watch.is_set():
-            if kitchen.valve_coil_energised() and not reset_started.is_set():
+            if kitchen.valve_coil_energised(LEAK_VALVE) and not reset_started.is_set():
                 result.reopened_before_reset = True
             time.sleep(0.005)
 
@@ -111,7 +124,7 @@ def run_scenario(
     watcher = threading.Thread(target=watch_reopen, daemon=True)
     watcher.start()
     pause(2)
-    kitchen.set_gas("wok-1", 35.0)
+    kitchen.set_gas(LEAK_AT, 35.0)
     pause(1.5)
     step("The cook holds RESET while gas is still at 35 %LEL ...")
     before = _count_events(controller, "operator.reset_refused")
@@ -121,13 +134,13 @@ def run_scenario(
         blockers = controller.snapshot.reset_blockers if controller.snapshot else ()
         step("Reset REFUSED: " + "; ".join(blockers))
     pause(1)
-    step("The gas disperses (wok-1 back to 1 %LEL). The alarm stays latched, gas stays off.")
-    kitchen.set_gas("wok-1", 1.0)
+    step(f"The gas disperses ({LEAK_AT} back to 1 %LEL). The alarm stays latched, gas stays off.")
+    kitchen.set_gas(LEAK_AT, 1.0)
     pause(3)
     step("The cook checks the kitchen and holds RESET for 2 s ...")
     reset_started.set()
     kitchen.press_reset()
-    result.reopened_after_reset = _wait(kitchen.valve_coil_energised, 3)
+    result.reopened_after_reset = _wait(lambda: kitchen.valve_coil_energised(LEAK_VALVE), 3)
     stop_watch.set()
     watcher.join(1)
     if result.reopened_after_reset:
@@ -206,11 +219,12 @@ def _summary(result: DemoResult, controller: Controller) -> None:
         if result.leak_to_valve_s is not None
         else "valve did not close"
     )
-    print(f"  leak to valve closed:           {leak}")
+    print(f"  leak to valve closed:           {leak} ({LEAK_AT} -> {LEAK_VALVE})")
     print(f"  valve closed on the leak:       {'yes' if result.closed_on_leak else 'NO'}")
     print(f"  reopened before the reset:      {'YES' if result.reopened_before_reset else 'no'}")
     print(f"  reset refused while gas present: {'yes' if result.reset_refused_with_gas else 'NO'}")
     print(f"  reopened after the reset:       {'yes' if result.reopened_after_reset else 'NO'}")
+    print(f"  other zone kept its gas:        {'yes' if result.other_zone_kept_gas else 'NO'}")
     with EventStore.open_readonly(controller.events_path) as reader:
         events = reader.recent(200)
     print()

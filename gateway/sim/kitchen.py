@@ -23,8 +23,6 @@ from gateway.profiles import default_profiles_dir, load_profiles
 from gateway.sim.emulator import BusEmulator, EmulatedDetector
 from gateway.sim.valve_mechanism import ValveMechanism
 
-VALVE_PIN = 17
-FEEDBACK_PIN = 27
 RESET_PIN = 6
 SILENCE_PIN = 5
 
@@ -40,6 +38,14 @@ class SimDetector:
 
 
 @dataclass(frozen=True, slots=True)
+class SimValve:
+    name: str
+    zones: tuple[str, ...]
+    output_pin: int
+    feedback_pin: int
+
+
+@dataclass(frozen=True, slots=True)
 class SimBus:
     name: str
     baud: int
@@ -52,8 +58,14 @@ DEFAULT_DETECTORS = (
     SimDetector("wok-2", "hot-kitchen", "bus0", 2, "generic-cn-kitchen", "natural-gas"),
     SimDetector("steamer", "hot-kitchen", "bus0", 3, "generic-cn-kitchen", "natural-gas"),
     SimDetector("fryer", "hot-kitchen", "bus1", 1, "honeywell-sensepoint-xcd", "natural-gas"),
-    SimDetector("lpg-store", "hot-kitchen", "bus1", 2, "honeywell-sensepoint-xcd", "lpg"),
+    SimDetector("lpg-store", "lpg-room", "bus1", 2, "honeywell-sensepoint-xcd", "lpg"),
 )
+# A valve is configured only when one of its zones has a detector (the config demands it).
+DEFAULT_VALVES = (
+    SimValve("main-inlet", ("hot-kitchen",), 17, 27),
+    SimValve("lpg-manifold", ("lpg-room",), 16, 26),
+)
+MAIN_VALVE = "main-inlet"
 
 
 class SimulatedKitchen:
@@ -70,6 +82,7 @@ class SimulatedKitchen:
         *,
         buses: tuple[SimBus, ...] = DEFAULT_BUSES,
         detectors: tuple[SimDetector, ...] = DEFAULT_DETECTORS,
+        valves: tuple[SimValve, ...] = DEFAULT_VALVES,
         travel_s: float = 0.3,
         poll_period_s: float = 0.5,
         comm_fault_timeout_s: float = 5.0,
@@ -79,6 +92,8 @@ class SimulatedKitchen:
         self.workdir = Path(workdir)
         self.bus_specs = buses
         self.detector_specs = detectors
+        zones = {d.zone for d in detectors}
+        self.valve_specs = tuple(v for v in valves if zones & set(v.zones))
         self.travel_s = travel_s
         self.poll_period_s = poll_period_s
         self.comm_fault_timeout_s = comm_fault_timeout_s
@@ -87,10 +102,10 @@ class SimulatedKitchen:
         self.factory = MockFactory()
         self.emulators: dict[str, BusEmulator] = {}
         self.detectors: dict[str, EmulatedDetector] = {}
-        self.valve: ValveMechanism | None = None
+        self.valves: dict[str, ValveMechanism] = {}
         self.config_path = self.workdir / "gasguard.toml"
         self._config: Config | None = None
-        self._coil_t0 = 0.0
+        self._coil_t0: dict[str, float] = {}
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -119,15 +134,25 @@ class SimulatedKitchen:
             ports[bus.name] = path
         self.config_path.write_text(self._config_text(ports), encoding="utf-8")
         self._config = load_config(self.config_path)
-        valve_cfg = self._config.valves[0]
-        self.valve = ValveMechanism(
-            self.factory, valve_cfg, self.travel_s, hand_reopen=False, start_closed=True
-        )
-        self.valve.start()
-        coil: Any = self.factory.pin(VALVE_PIN)
-        coil.clear_states()
-        self._coil_t0 = time.monotonic()
+        for valve_cfg in self._config.valves:
+            body = ValveMechanism(
+                self.factory, valve_cfg, self.travel_s, hand_reopen=False, start_closed=True
+            )
+            body.start()
+            self.valves[valve_cfg.name] = body
+            coil: Any = self.factory.pin(valve_cfg.output_pin)
+            coil.clear_states()
+            self._coil_t0[valve_cfg.name] = time.monotonic()
         return self._config
+
+    @property
+    def valve(self) -> ValveMechanism:
+        """The main valve's simulated body."""
+        return self.valves[MAIN_VALVE]
+
+    def _coil(self, valve: str) -> Any:
+        spec = next(v for v in self.valve_specs if v.name == valve)
+        return self.factory.pin(spec.output_pin)
 
     def config(self) -> Config:
         if self._config is None:
@@ -174,16 +199,18 @@ class SimulatedKitchen:
                 "low_lel = 20",
                 "high_lel = 50",
             ]
-        zones = sorted({d.zone for d in self.detector_specs})
+        for v in self.valve_specs:
+            lines += [
+                "[[valve]]",
+                f'name = "{v.name}"',
+                'kind = "held-open"',
+                f"output_pin = {v.output_pin}",
+                f"feedback_pin = {v.feedback_pin}",
+                'feedback_closed_level = "high"',
+                "close_confirm_s = 2.0",
+                "zones = [" + ", ".join(f'"{z}"' for z in v.zones) + "]",
+            ]
         lines += [
-            "[[valve]]",
-            'name = "main-inlet"',
-            'kind = "held-open"',
-            f"output_pin = {VALVE_PIN}",
-            f"feedback_pin = {FEEDBACK_PIN}",
-            'feedback_closed_level = "high"',
-            "close_confirm_s = 2.0",
-            "zones = [" + ", ".join(f'"{z}"' for z in zones) + "]",
             "[annunciator]",
             "sounder_pin = 22",
             "red_pin = 23",
@@ -219,31 +246,30 @@ class SimulatedKitchen:
         time.sleep(0.1)
         pin.drive_high()
 
-    def valve_coil_energised(self) -> bool:
-        pin: Any = self.factory.pin(VALVE_PIN)
-        return bool(pin.state)
+    def valve_coil_energised(self, valve: str = MAIN_VALVE) -> bool:
+        return bool(self._coil(valve).state)
 
-    def valve_coil_edges(self) -> list[tuple[float, bool]]:
+    def valve_coil_edges(self, valve: str = MAIN_VALVE) -> list[tuple[float, bool]]:
         """Every edge of the valve's coil output as (monotonic time, energised), oldest first,
         from the mock pin's recorded history (deltas since ``clear_states`` at start-up)."""
-        pin: Any = self.factory.pin(VALVE_PIN)
-        t = self._coil_t0
+        pin = self._coil(valve)
+        t = self._coil_t0[valve]
         edges = []
         for state in pin.states[1:]:
             t += state.timestamp
             edges.append((t, bool(state.state)))
         return edges
 
-    def valve_coil_closed_at(self, after: float) -> float | None:
+    def valve_coil_closed_at(self, after: float, valve: str = MAIN_VALVE) -> float | None:
         """When the coil was first de-energised after ``after`` (monotonic), if it was."""
-        for t, energised in self.valve_coil_edges():
+        for t, energised in self.valve_coil_edges(valve):
             if t >= after and not energised:
                 return t
         return None
 
     def stop(self) -> None:
-        if self.valve is not None:
-            self.valve.stop()
+        for body in self.valves.values():
+            body.stop()
         for emulator in self.emulators.values():
             emulator.stop()
         self.factory.close()
