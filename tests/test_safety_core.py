@@ -16,6 +16,7 @@ from gateway.core.model import (
     CommFailure,
     DetectorPlan,
     Event,
+    InhibitRequest,
     Input,
     Level,
     Light,
@@ -24,9 +25,11 @@ from gateway.core.model import (
     ResetRequest,
     SafetyPlan,
     SilenceRequest,
+    SounderTestRequest,
     Tick,
     ValveFeedback,
     ValvePlan,
+    ValveTestRequest,
 )
 from gateway.core.safety import CoreView, DetectorView, SafetyCore, ValveView
 
@@ -748,3 +751,72 @@ def test_time_never_runs_backwards_inside_the_core() -> None:
     out = k.feed(Tick(k.now - 5.0))
     assert out.valves_open == {"main-inlet": False, "bakery-valve": False}
     assert all(d.fault is not None for d in k.view().detectors)
+
+
+# -- technician actions (issue 4 builds the console on these) ------------------------------------
+
+
+def test_inhibited_detector_reports_test_alarms_that_neither_latch_nor_close() -> None:
+    k = Kitchen().running()
+    k.feed(InhibitRequest(k.at(), "wok-1", 600.0, "tech-7"))
+    assert "detector.inhibited" in k.kinds("wok-1")
+    assert k.out.yellow == Light.ON  # attention: a detector is inhibited
+    k.read("wok-1", 60.0)
+    out = k.read("wok-1", 60.0)
+    assert out.valves_open["main-inlet"] is True
+    assert "test.alarm" in k.kinds("wok-1") and "alarm.raised" not in k.kinds("wok-1")
+    assert k.detector("wok-1").latched == Level.NORMAL
+    assert out.red == Light.OFF
+
+
+def test_inhibit_ends_by_itself_and_gas_still_present_latches_at_once() -> None:
+    k = Kitchen().running()
+    k.feed(InhibitRequest(k.at(), "wok-1", 60.0, "tech-7"))
+    k.read("wok-1", 60.0)
+    k.read("wok-1", 60.0)
+    k.read("wok-2", 0.0)  # the other detectors keep answering
+    k.read("oven-1", 0.0)
+    out = k.feed(Tick(k.at(61.0)))
+    assert "detector.inhibit_ended" in k.kinds("wok-1")
+    assert "alarm.raised" in k.kinds("wok-1")
+    assert out.valves_open["main-inlet"] is False
+
+
+def test_inhibited_detector_faults_still_close_the_valve() -> None:
+    k = Kitchen().running()
+    k.feed(InhibitRequest(k.at(), "wok-1", 600.0, "tech-7"))
+    k.read("wok-1", None, fault="sensor open circuit")
+    out = k.read("wok-1", None, fault="sensor open circuit")
+    assert out.valves_open["main-inlet"] is False
+
+
+def test_inhibit_is_bounded_and_unknown_detectors_are_refused() -> None:
+    k = Kitchen().running()
+    k.feed(InhibitRequest(k.at(), "wok-1", 3601.0, "tech-7"))
+    k.feed(InhibitRequest(k.at(), "no-such", 60.0, "tech-7"))
+    assert k.kinds().count("operator.refused") == 2
+    assert k.detector("wok-1").inhibited_until is None
+
+
+def test_valve_test_closes_the_valve_and_only_a_reset_reopens_it() -> None:
+    k = running_with_feedback()
+    out = k.feed(ValveTestRequest(k.at(), "main-inlet", "tech-7"))
+    assert out.valves_open["main-inlet"] is False
+    assert "operator.valve_test" in k.kinds("main-inlet")
+    out = k.feedback("main-inlet", True)
+    closed = [e for e in out.events if e.kind == "valve.closed"]
+    assert closed and closed[0].details["after_s"] is not None
+    k.tick(5.0)
+    assert k.out.valves_open["main-inlet"] is False
+    k.all_normal()
+    assert k.reset().valves_open["main-inlet"] is True
+
+
+def test_sounder_test_sounds_for_its_time_then_stops() -> None:
+    k = Kitchen().running()
+    out = k.feed(SounderTestRequest(k.at(), 3.0, "tech-7"))
+    assert out.sounder is True
+    assert k.tick(2.0).sounder is True
+    assert k.tick(1.5).sounder is False
+    k.feed(SounderTestRequest(k.at(), 31.0, "tech-7"))
+    assert "operator.refused" in k.kinds()

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from gateway.core.model import (
     CommFailure,
     DetectorPlan,
+    InhibitRequest,
     Input,
     Level,
     Light,
@@ -30,6 +31,7 @@ from gateway.core.model import (
     Tick,
     ValveFeedback,
     ValvePlan,
+    ValveTestRequest,
 )
 from gateway.core.safety import SafetyCore
 
@@ -99,6 +101,8 @@ STEPS = st.one_of(
     st.tuples(st.just("reset"), st.just(0), st.just(None)),
     st.tuples(st.just("silence"), st.just(0), st.just(None)),
     st.tuples(st.just("tick"), st.just(0), st.just(None)),
+    st.tuples(st.just("inhibit"), st.integers(0, 5), st.sampled_from((0.0, 0.5, 3.0, 30.0))),
+    st.tuples(st.just("valve-test"), st.integers(0, 2), st.just(None)),
 )
 # Time between steps, as a fraction of the comm-fault timeout: mostly short (a busy kitchen),
 # sometimes long enough for a comm fault, sometimes right at the timeout.
@@ -145,6 +149,11 @@ def expand(plan: SafetyPlan, step: Step, at: float) -> list[Input]:
         return [ResetRequest(at)]
     if kind == "silence":
         return [SilenceRequest(at)]
+    if kind == "inhibit":
+        assert isinstance(payload, float)
+        return [InhibitRequest(at, det, payload, "tech")]
+    if kind == "valve-test":
+        return [ValveTestRequest(at, plan.valves[idx % len(plan.valves)].name, "tech")]
     return [Tick(at)]
 
 
@@ -271,7 +280,8 @@ def check_step(
         # The core's level and sensor fault follow the documented confirmation rules.
         dm = model.detectors[d.name]
         assert d.level == dm.level, (d, dm)
-        assert d.latched >= dm.level, (d, dm)
+        # Only a detector inhibited for calibration may be in alarm without latching it.
+        assert d.latched >= dm.level or d.inhibited_until is not None, (d, dm)
         if d.fault is None or not d.fault.startswith("comm"):
             assert (d.fault is not None) == dm.sensor_fault, (d, dm)
         # A latched alarm or an active fault closes every valve of the detector's zone.

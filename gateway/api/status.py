@@ -15,9 +15,11 @@ from gateway.core.safety import CoreView, DetectorView
 
 
 def detector_state(d: DetectorView) -> str:
-    """normal, low-alarm, high-alarm, fault, comm-fault or starting."""
+    """normal, low-alarm, high-alarm, fault, comm-fault, inhibited or starting."""
     if d.fault is not None:
         return "comm-fault" if d.fault.startswith("comm") else "fault"
+    if d.inhibited_until is not None:
+        return "inhibited"
     if not d.has_reading:
         return "starting"
     level = max(d.level, d.latched)

@@ -97,7 +97,52 @@ class Tick:
     at: float
 
 
-Input = Reading | CommFailure | ValveFeedback | ResetRequest | SilenceRequest | Tick
+MAX_INHIBIT_S = 3600.0  # a calibration inhibit ends by itself after at most one hour
+MAX_SOUNDER_TEST_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class InhibitRequest:
+    """Inhibit one detector's alarms for calibration, for ``seconds`` (at most one hour; 0 ends
+    it now). While inhibited its alarms are reported as test alarms and do not latch or close
+    valves; its faults still do (fail safe). When it ends, gas still present latches at once."""
+
+    at: float
+    detector: str
+    seconds: float
+    operator: str
+
+
+@dataclass(frozen=True, slots=True)
+class ValveTestRequest:
+    """Close one valve now to prove it closes (the feedback confirms it, with the time taken).
+    Like any closure it locks out: the gas comes back only by the manual reset."""
+
+    at: float
+    valve: str
+    operator: str
+
+
+@dataclass(frozen=True, slots=True)
+class SounderTestRequest:
+    """Sound the sounder for ``seconds`` (1 to 30). Changes nothing else."""
+
+    at: float
+    seconds: float
+    operator: str
+
+
+Input = (
+    Reading
+    | CommFailure
+    | ValveFeedback
+    | ResetRequest
+    | SilenceRequest
+    | InhibitRequest
+    | ValveTestRequest
+    | SounderTestRequest
+    | Tick
+)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,6 +21,9 @@ Rules (each one is a test in ``tests/test_safety_core.py`` or a property in
 * A valve with a position contact must confirm "closed" within its ``close_confirm_s`` or it is
   in fault; a confirmed-open valve whose contact reports closed is locked out. A valve in fault
   blocks the reset until its contact confirms "closed" again.
+* A detector inhibited for calibration (at most one hour, ends by itself) reports its alarms as
+  ``test.alarm`` and they neither latch nor close valves; its faults still do. When the inhibit
+  ends, gas still present latches at once. Valve and sounder tests are operator inputs too.
 * Time never runs backwards: inputs are judged at the latest time seen, and a reading that
   waited longer than ``comm_fault_timeout_s`` is stale and ignored.
 """
@@ -32,9 +35,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.core.model import (
+    MAX_INHIBIT_S,
+    MAX_SOUNDER_TEST_S,
     CommFailure,
     DetectorPlan,
     Event,
+    InhibitRequest,
     Input,
     Level,
     Light,
@@ -43,9 +49,11 @@ from gateway.core.model import (
     ResetRequest,
     SafetyPlan,
     SilenceRequest,
+    SounderTestRequest,
     Tick,
     ValveFeedback,
     ValvePlan,
+    ValveTestRequest,
 )
 
 # A reading below zero by more than this is implausible: a drifted or broken sensor.
@@ -65,6 +73,7 @@ class DetectorView:
     fault: str | None
     last_good_at: float | None
     has_reading: bool
+    inhibited_until: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +99,7 @@ class _Detector:
         "comm_fault",
         "fault_window",
         "has_reading",
+        "inhibited_until",
         "last_good_at",
         "latched",
         "lel",
@@ -109,6 +119,7 @@ class _Detector:
         self.fault_window: deque[str | None] = deque(maxlen=window)
         self.sensor_fault: str | None = None
         self.comm_fault = False
+        self.inhibited_until: float | None = None
 
     @property
     def fault(self) -> str | None:
@@ -173,6 +184,7 @@ class SafetyCore:
         self._silenced = False
         self._events: list[Event] = []
         self._now = now
+        self._sounder_test_until = now
         self._apply_plan(plan, now)
         for name, level in (latched or {}).items():
             det = self._detectors.get(name)
@@ -201,6 +213,7 @@ class SafetyCore:
                     # fault stays until readings in the new window clear it.
                     det.level, det.lel = old.level, old.lel
                     det.sensor_fault, det.comm_fault = old.sensor_fault, old.comm_fault
+                    det.inhibited_until = old.inhibited_until
                 self._detectors[dp.name] = det
         self._valves = {}
         for vp in plan.valves:
@@ -251,6 +264,12 @@ class SafetyCore:
                 self._events.append(
                     Event("operator.silence", "site", now, {"operator": inp.operator})
                 )
+        elif isinstance(inp, InhibitRequest):
+            self._on_inhibit(inp, now)
+        elif isinstance(inp, ValveTestRequest):
+            self._on_valve_test(inp, now)
+        elif isinstance(inp, SounderTestRequest):
+            self._on_sounder_test(inp, now)
         elif not isinstance(inp, Tick):  # pragma: no cover - the Input union is closed
             raise TypeError(f"unknown safety input {inp!r}")
         return self._finish(now)
@@ -304,7 +323,13 @@ class SafetyCore:
             return
         up = min(det.alarm_window)  # every one of the last N readings is at least this
         down = max(det.alarm_window)  # every one of the last N readings is at most this
-        if up > det.level:
+        if up > det.level and det.inhibited_until is not None:
+            # Calibration gas on an inhibited detector: a test alarm, reported, not latched.
+            det.level = up
+            self._events.append(
+                Event("test.alarm", det.plan.name, r.at, {"level": up.name.lower(), "lel": det.lel})
+            )
+        elif up > det.level:
             # A rise is a new alarm even below the latched level (gas back after it cleared):
             # it is recorded and sounds again after a silence.
             det.level = up
@@ -466,6 +491,79 @@ class SafetyCore:
                         Event("valve.opened", valve.plan.name, req.at, {"confirmed": False})
                     )
 
+    def _refuse(self, action: str, operator: str, now: float, reason: str) -> None:
+        self._events.append(
+            Event(
+                "operator.refused",
+                "site",
+                now,
+                {"action": action, "operator": operator, "reason": reason},
+            )
+        )
+
+    def _on_inhibit(self, req: InhibitRequest, now: float) -> None:
+        det = self._detectors.get(req.detector)
+        if det is None:
+            self._refuse("inhibit", req.operator, now, f"no detector {req.detector!r}")
+            return
+        if not 0.0 <= req.seconds <= MAX_INHIBIT_S or req.seconds != req.seconds:
+            self._refuse(
+                "inhibit",
+                req.operator,
+                now,
+                f"{req.seconds!r} s is outside 0 to {MAX_INHIBIT_S:g} s",
+            )
+            return
+        if req.seconds == 0.0:
+            if det.inhibited_until is not None:
+                det.inhibited_until = now  # ends (and latches any gas) in _decide below
+            return
+        det.inhibited_until = now + req.seconds
+        self._events.append(
+            Event(
+                "detector.inhibited",
+                det.plan.name,
+                now,
+                {"operator": req.operator, "seconds": req.seconds},
+            )
+        )
+
+    def _on_valve_test(self, req: ValveTestRequest, now: float) -> None:
+        valve = self._valves.get(req.valve)
+        if valve is None:
+            self._refuse("valve-test", req.operator, now, f"no valve {req.valve!r}")
+            return
+        was_open = valve.open
+        self._events.append(
+            Event(
+                "operator.valve_test",
+                valve.plan.name,
+                now,
+                {"operator": req.operator, "was_open": was_open},
+            )
+        )
+        if was_open:
+            self._close(valve, now, f"valve test by {req.operator}")
+
+    def _on_sounder_test(self, req: SounderTestRequest, now: float) -> None:
+        if not 1.0 <= req.seconds <= MAX_SOUNDER_TEST_S:
+            self._refuse(
+                "sounder-test",
+                req.operator,
+                now,
+                f"{req.seconds!r} s is outside 1 to {MAX_SOUNDER_TEST_S:g} s",
+            )
+            return
+        self._sounder_test_until = now + req.seconds
+        self._events.append(
+            Event(
+                "operator.sounder_test",
+                "site",
+                now,
+                {"operator": req.operator, "seconds": req.seconds},
+            )
+        )
+
     # -- time and decisions ------------------------------------------------------------------
 
     def _finish(self, now: float) -> Outputs:
@@ -476,6 +574,24 @@ class SafetyCore:
         """Apply the passage of time and the fail-safe rules at ``now``. Idempotent."""
         timeout = self._plan.comm_fault_timeout_s
         for det in self._detectors.values():
+            if det.inhibited_until is not None and now >= det.inhibited_until:
+                det.inhibited_until = None
+                self._events.append(Event("detector.inhibit_ended", det.plan.name, now, {}))
+                if det.level > det.latched:  # gas still there: an alarm from now on
+                    det.latched = det.level
+                    self._silenced = False
+                    self._events.append(
+                        Event(
+                            "alarm.raised",
+                            det.plan.name,
+                            now,
+                            {
+                                "level": det.level.name.lower(),
+                                "lel": det.lel,
+                                "zone": det.plan.zone,
+                            },
+                        )
+                    )
             if not det.comm_fault and now - det.last_good_at > timeout:
                 det.comm_fault = True
                 det.lel = None
@@ -518,13 +634,18 @@ class SafetyCore:
         any_fault = any(d.fault is not None for d in self._detectors.values()) or any(
             v.failed for v in self._valves.values()
         )
-        locked = any(not v.open for v in self._valves.values())
+        # Steady yellow: attention, no fault: gas locked off awaiting a reset, or a detector
+        # inhibited for calibration.
+        attention = any(not v.open for v in self._valves.values()) or any(
+            d.inhibited_until is not None for d in self._detectors.values()
+        )
+        testing = self._now < self._sounder_test_until
         events, self._events = tuple(self._events), []
         return Outputs(
             valves_open={name: v.open for name, v in self._valves.items()},
-            sounder=(any_alarm or any_fault) and not self._silenced,
+            sounder=((any_alarm or any_fault) and not self._silenced) or testing,
             red=Light.FLASH_ALARM if any_alarm else Light.OFF,
-            yellow=Light.FLASH_FAULT if any_fault else (Light.ON if locked else Light.OFF),
+            yellow=Light.FLASH_FAULT if any_fault else (Light.ON if attention else Light.OFF),
             green=Light.ON,
             events=events,
         )
@@ -544,6 +665,7 @@ class SafetyCore:
                     fault=d.fault,
                     last_good_at=d.last_good_at if d.has_reading else None,
                     has_reading=d.has_reading,
+                    inhibited_until=d.inhibited_until,
                 )
                 for d in self._detectors.values()
             ),
