@@ -33,18 +33,23 @@ from typing import Any
 
 from gpiozero import Factory
 
-from gateway.api.control import ControlServer, int_arg, only_args, str_arg
+from gateway.api.control import CommandError, ControlServer, int_arg, only_args, str_arg
 from gateway.api.status import build_status
 from gateway.config import Config, load_config
 from gateway.core.model import (
+    MAX_INHIBIT_S,
+    MAX_SOUNDER_TEST_S,
     Event,
+    InhibitRequest,
     Input,
     Outputs,
     ResetRequest,
     SafetyPlan,
     SilenceRequest,
+    SounderTestRequest,
     Tick,
     ValveFeedback,
+    ValveTestRequest,
 )
 from gateway.core.safety import CoreView, SafetyCore
 from gateway.drivers.annunciator import Annunciator
@@ -125,6 +130,7 @@ class Controller:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._cycle_listeners: list[Callable[[], None]] = []
+        self._extra_handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -179,7 +185,9 @@ class Controller:
                 )
                 self.buses.append(poller)
                 poller.start()
-            self.control = ControlServer(cfg.control_socket, self._handlers())
+            self.control = ControlServer(
+                cfg.control_socket, {**self._handlers(), **self._extra_handlers}
+            )
             self.control.start()
         except BaseException:
             self._close_all_valves()
@@ -403,14 +411,23 @@ class Controller:
     # -- control API handlers (run in the control thread) -----------------------------------------
 
     def _handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
-        # No "reset" here: the gas comes back only by a local action (the reset button, or the
-        # technician's serial console once it authenticates), never over a socket an SSH
-        # session could reach.
+        # The socket is local (mode 0660, the service's user and group). The technician console
+        # sends reset, inhibit and tests after the technician has logged in on site; the uplinks
+        # never get this socket. Every action is recorded with the operator's id.
         return {
             "status": self._status_cmd,
             "events": self._events,
             "silence": lambda args: self._operator(SilenceRequest, args),
+            "reset": lambda args: self._operator(ResetRequest, args),
+            "inhibit": self._inhibit_cmd,
+            "test_valve": self._test_valve_cmd,
+            "test_sounder": self._test_sounder_cmd,
+            "reload": self._reload_cmd,
         }
+
+    def add_handler(self, name: str, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        """Register one more control-socket command (before ``start()``)."""
+        self._extra_handlers[name] = handler
 
     def status(self) -> dict[str, Any]:
         snap = self.snapshot
@@ -454,18 +471,59 @@ class Controller:
     ) -> dict[str, Any]:
         only_args(kind.__name__, args, ("operator",))
         operator = str_arg(kind.__name__, args, "operator", "console")
+        return self._ask(kind(self._clock(), operator))
+
+    def _ask(self, inp: Input) -> dict[str, Any]:
+        """Put an operator input to the safety thread and wait for the core's answer."""
         reply: queue.SimpleQueue[tuple[Event, ...]] = queue.SimpleQueue()
-        self.inbox.put((kind(self._clock(), operator), reply))
+        self.inbox.put((inp, reply))
         try:
             events = reply.get(timeout=2.0)
         except queue.Empty:
-            raise RuntimeError("the safety loop did not answer within 2 s") from None
-        refused = [e for e in events if e.kind == "operator.reset_refused"]
+            raise CommandError("the safety loop did not answer within 2 s") from None
+        refused = [e for e in events if e.kind in ("operator.reset_refused", "operator.refused")]
+        reasons: list[str] = []
+        for e in refused:
+            reasons += e.details.get("reasons", []) or [str(e.details.get("reason", ""))]
         return {
             "accepted": not refused,
-            "reasons": list(refused[0].details.get("reasons", [])) if refused else [],
-            "events": [e.kind for e in events],
+            "reasons": reasons,
+            "events": [{"kind": e.kind, "source": e.source, "details": e.details} for e in events],
         }
+
+    def _inhibit_cmd(self, args: dict[str, Any]) -> dict[str, Any]:
+        only_args("inhibit", args, ("detector", "minutes", "operator"))
+        detector = str_arg("inhibit", args, "detector", "")
+        minutes = int_arg("inhibit", args, "minutes", 0, int(MAX_INHIBIT_S // 60), 0)
+        operator = str_arg("inhibit", args, "operator", "console")
+        return self._ask(InhibitRequest(self._clock(), detector, minutes * 60.0, operator))
+
+    def _test_valve_cmd(self, args: dict[str, Any]) -> dict[str, Any]:
+        only_args("test_valve", args, ("valve", "operator"))
+        valve = str_arg("test_valve", args, "valve", "")
+        operator = str_arg("test_valve", args, "operator", "console")
+        return self._ask(ValveTestRequest(self._clock(), valve, operator))
+
+    def _test_sounder_cmd(self, args: dict[str, Any]) -> dict[str, Any]:
+        only_args("test_sounder", args, ("seconds", "operator"))
+        seconds = int_arg("test_sounder", args, "seconds", 1, int(MAX_SOUNDER_TEST_S), 3)
+        operator = str_arg("test_sounder", args, "operator", "console")
+        return self._ask(SounderTestRequest(self._clock(), float(seconds), operator))
+
+    def _reload_cmd(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Re-read the config file (after the console has written it atomically)."""
+        only_args("reload", args, ())
+        path = self.config.path
+        try:
+            self.reload(load_config(path))
+        except ConfigError as e:
+            problems = [str(p) for p in e.problems]
+            self._record_config_rejected(str(path), problems)
+            return {"applied": False, "problems": problems}
+        except ReloadRefused as e:
+            self._record_config_rejected(str(path), [str(e)])
+            return {"applied": False, "problems": [str(e)]}
+        return {"applied": True, "problems": []}
 
 
 def _merge(a: Outputs, b: Outputs) -> Outputs:

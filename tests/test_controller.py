@@ -246,3 +246,37 @@ def test_invalid_config_never_replaces_the_running_one(
     assert controller.config.valves[0].output_pin == 17
     assert kitchen.valve_coil_energised(), "a rejected reload changes nothing"
     assert kinds(controller).count("config.rejected") == 2
+
+
+def test_technician_commands_over_the_control_socket(
+    kitchen: SimulatedKitchen, controller: Controller
+) -> None:
+    client = ControlClient(kitchen.config().control_socket)
+    assert controller.first_poll_done.wait(5)
+    kitchen.set_gas("wok-2", 30.0)
+    time.sleep(0.6)
+    refused = client.call("reset", operator="tech-7")
+    assert refused["accepted"] is False
+    assert any("wok-2" in r for r in refused["reasons"])
+    assert not kitchen.valve_coil_energised()
+    kitchen.set_gas("wok-2", 1.0)
+    assert wait_for(lambda: not controller.status()["reset_blockers"], 3)
+    assert client.call("reset", operator="tech-7")["accepted"] is True
+    assert wait_for(kitchen.valve_coil_energised, 2)
+    # A valve test closes the valve; the answer names the valve and the operator.
+    answer = client.call("test_valve", valve="main-inlet", operator="tech-7")
+    assert answer["accepted"] is True
+    assert wait_for(lambda: not kitchen.valve_coil_energised(), 2)
+    assert client.call("test_valve", valve="nope", operator="tech-7")["accepted"] is False
+    inhibit = client.call("inhibit", detector="wok-1", minutes=5, operator="tech-7")
+    assert inhibit["accepted"] is True
+    wok1 = next(d for d in controller.status()["detectors"] if d["name"] == "wok-1")
+    assert wok1["state"] == "inhibited" and 0 < wok1["inhibited_s"] <= 300
+    got = kinds(controller)
+    for kind in (
+        "operator.reset_refused",
+        "operator.reset",
+        "operator.valve_test",
+        "detector.inhibited",
+    ):
+        assert kind in got

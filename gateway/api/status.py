@@ -60,6 +60,9 @@ def build_status(
                 "age_s": None
                 if d.last_good_at is None
                 else round(max(0.0, now - d.last_good_at), 1),
+                "inhibited_s": None
+                if d.inhibited_until is None
+                else round(max(0.0, d.inhibited_until - now), 1),
             }
         )
         if d.latched > Level.NORMAL:
