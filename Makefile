@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(VENV)/bin/gasguard demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check gateway tests
+	$(VENV)/bin/ruff check gateway tests bench
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

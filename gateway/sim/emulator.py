@@ -212,7 +212,9 @@ class Exchange:
     """One frame the master put on the bus and the reply to it, in ``time.monotonic()`` seconds.
 
     ``request_at`` is when its first byte was read from the line; ``reply_end_at`` when the
-    last reply byte was written (None: no reply). ``address`` is None for a garbled frame.
+    last reply byte was released, just before its write (None: no reply): the master cannot
+    have had it earlier, so a gap measured from it may read up to one write's latency long.
+    ``address`` is None for a garbled frame.
     """
 
     request_at: float
@@ -552,22 +554,25 @@ class BusEmulator:
 
     def _send_paced(self, fd: int, wake_r: int, reply: bytes, start_at: float) -> float | None:
         """Write ``reply`` so that byte i is released when it would have finished arriving on a
-        real line (``start_at + (i + 1) * char time``). Returns when the last byte was written,
-        None when stopped first."""
+        real line (``start_at + (i + 1) * char time``). Returns the moment just before the write
+        that released the last byte (the master cannot have had it earlier: a reaction time
+        measured from here is never flattering), None when stopped first."""
         sent = 0
+        released = time.monotonic()
         while sent < len(reply):
             if self._stopping.is_set():
                 return None
             now = time.monotonic()
             due = min(len(reply), max(0, math.floor((now - start_at) / self._char_s)))
             if due > sent:
+                released = now
                 self._write(fd, reply[sent:due])
                 sent = due
                 continue
             next_at = start_at + (sent + 1) * self._char_s
             # Listen while waiting: a master that talks over the reply is recorded, not lost.
             self._absorb(fd, wake_r, max(0.0, next_at - time.monotonic()))
-        return time.monotonic()
+        return released
 
     def _write(self, fd: int, data: bytes) -> None:
         view = memoryview(data)

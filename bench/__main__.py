@@ -1,0 +1,108 @@
+"""``python -m bench [NAME ...] [--quick]``: run the benchmarks (all of them by default).
+
+NAME is one of ``poll``, ``reaction``, ``resources``, ``cold_start``. ``--quick`` runs each
+with tiny sizes: it checks the machinery (the smoke test uses it), its figures mean nothing.
+Figures go to stdout as ``name: value unit`` lines; a benchmark that fails is reported on
+stderr, the others still run, and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO, cast
+
+from bench import Figure, note
+
+Runner = Callable[..., list[Figure]]
+
+
+def _runner(module: str) -> Callable[[], Runner]:
+    """Import ``module`` only when its benchmark runs: one that cannot import fails alone."""
+
+    def load() -> Runner:
+        return cast(Runner, importlib.import_module(module).run)
+
+    return load
+
+
+# name -> loader of its ``run(out: TextIO, **sizes) -> list[Figure]``.
+BENCHMARKS: dict[str, Callable[[], Runner]] = {
+    "poll": _runner("bench.poll"),
+    "reaction": _runner("bench.reaction"),
+    "resources": _runner("bench.resources"),
+    "cold_start": _runner("bench.cold_start"),
+    "storage_writes": _runner("bench.storage_writes"),
+    "uplink_mqtt": _runner("bench.uplink_mqtt"),
+    "uplink_gb": _runner("bench.uplink_gb"),
+}
+
+# Full sizes are each run()'s defaults (about 7 minutes in all on 2 cores).
+QUICK: dict[str, dict[str, Any]] = {
+    "poll": {"detectors": 2, "cycles": 3, "warmup": 1},
+    "reaction": {"trials": 3, "baseline_reads": 3},
+    "resources": {"warmup_s": 0.5, "window_s": 1.5},
+    "cold_start": {"runs": 1, "baseline_runs": 1},
+    "storage_writes": {"warmup_s": 0.5, "window_s": 2.0, "event_window_s": 3.0},
+    "uplink_mqtt": {"alarms": 5, "replay": 50},
+    "uplink_gb": {"samples": 5, "warmup": 1},
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmarks of gasguard's safety core; figures print as 'name: value unit'.",
+    )
+    p.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes: checks the machinery only, the figures mean nothing",
+    )
+    return p
+
+
+def run_benchmarks(names: Sequence[str], quick: bool, out: TextIO, err: TextIO) -> int:
+    """Run ``names`` in order; 0 if every one finished, 1 otherwise."""
+    failed = []
+    for name in names:
+        started = time.monotonic()
+        kwargs = QUICK.get(name, {}) if quick else {}
+        try:
+            BENCHMARKS[name]()(out, **kwargs)
+        except Exception as e:
+            failed.append(name)
+            err.write(f"bench {name} failed: {type(e).__name__}: {e}\n")
+            traceback.print_exc(file=err)
+            err.flush()
+        else:
+            note(out, f"{name} took {time.monotonic() - started:.1f} s")
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        print(
+            f"python -m bench: unknown benchmark {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(BENCHMARKS)}",
+            file=sys.stderr,
+        )
+        return 2
+    names = args.names or list(BENCHMARKS)
+    return run_benchmarks(names, args.quick, sys.stdout, sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
