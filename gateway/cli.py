@@ -18,6 +18,9 @@ from pathlib import Path
 from gateway import log
 from gateway.api.control import ControlClient, ControlError
 from gateway.api.render import render_events, render_status
+from gateway.appliance.cli import add_parsers as add_appliance_parsers
+from gateway.appliance.heartbeat import attach as attach_systemd
+from gateway.appliance.notify import NotifyError
 from gateway.config import Config, load_config
 from gateway.controller import Controller, events_db
 from gateway.store.events import EventStore, EventStoreError
@@ -68,7 +71,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return 1
-    return Controller(cfg).run()
+    controller = Controller(cfg)
+    try:
+        # READY=1 after the first complete poll; WATCHDOG=1 only from the safety thread.
+        link = attach_systemd(controller)
+    except NotifyError as e:
+        print(f"gasguard run: {e}", file=sys.stderr)
+        return 1
+    try:
+        return controller.run()
+    finally:
+        link.stopping()
+        link.close()
 
 
 def _socket(args: argparse.Namespace) -> Path | None:
@@ -156,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=100, help="newest N events (default 100)")
     s.add_argument("--json", action="store_true", help="one JSON object per line")
     s.set_defaults(func=cmd_events)
+
+    add_appliance_parsers(sub)
 
     s = sub.add_parser("demo", help="run the controller on a simulated kitchen")
     s.add_argument(

@@ -331,7 +331,8 @@ class Controller:
         self.inbox.put((inp, None))
 
     def on_cycle(self, listener: Callable[[], None]) -> None:
-        """Call ``listener`` on the safety thread after each quiet tick (watchdog, later)."""
+        """Call ``listener`` on the safety thread after the valves were set, at least every
+        TICK_S (the systemd watchdog heartbeat). It must never block."""
         self._cycle_listeners.append(listener)
 
     # -- the safety thread ------------------------------------------------------------------------
@@ -345,6 +346,7 @@ class Controller:
         inbox = self.inbox
         clock = self._clock
         next_feedback = 0.0
+        last_cycle_call = clock()
         try:
             while not self._stop.is_set():
                 try:
@@ -368,7 +370,10 @@ class Controller:
                 self._publish(out, now)
                 if reply is not None:
                     reply.put(out.events)
-                if isinstance(inp, Tick):
+                # At least every TICK_S, even when readings arrive back to back: a busy bus must
+                # not starve the watchdog heartbeat of a healthy loop.
+                if isinstance(inp, Tick) or now - last_cycle_call >= TICK_S:
+                    last_cycle_call = now
                     for listener in self._cycle_listeners:
                         listener()
         except BaseException as e:  # fail safe: the gas goes off, the loop stops
