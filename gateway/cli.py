@@ -24,6 +24,8 @@ from gateway.appliance.notify import NotifyError
 from gateway.config import Config, load_config
 from gateway.controller import Controller, events_db
 from gateway.store.events import EventStore, EventStoreError
+from gateway.uplinks.gb26875.centre import add_parser as add_gb_centre_parser
+from gateway.uplinks.receive import add_parser as add_receive_parser
 from gateway.validate import ConfigError
 
 DEFAULT_CONFIG = Path("/etc/gasguard/gasguard.toml")
@@ -172,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_events)
 
     add_appliance_parsers(sub)
+    add_receive_parser(sub)
+    add_gb_centre_parser(sub)
 
     s = sub.add_parser("demo", help="run the controller on a simulated kitchen")
     s.add_argument(

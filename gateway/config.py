@@ -16,13 +16,17 @@ Safety-relevant rules enforced here:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from gateway.core.model import DetectorPlan, Gas, SafetyPlan, ValvePlan
 from gateway.profiles import Profile, default_profiles_dir, load_profiles
 from gateway.rtu import read_exchange_time
+from gateway.uplinks.gb26875.config import parse_gb26875_config
+from gateway.uplinks.manager import UplinkConfig
+from gateway.uplinks.mqtt.config import parse_mqtt_config
+from gateway.uplinks.sms.config import parse_sms_config
 from gateway.validate import Checker, ConfigError, read_toml
 
 BAUD_RATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
@@ -113,6 +117,7 @@ class Config:
     data_dir: Path
     event_capacity: int
     control_socket: Path
+    uplink: UplinkConfig = field(default_factory=UplinkConfig)
 
     def plan(self) -> SafetyPlan:
         """What the safety core enforces."""
@@ -139,6 +144,7 @@ TOP_KEYS = (
     "timings",
     "storage",
     "control",
+    "uplink",
     "profiles_dir",
 )
 
@@ -318,6 +324,8 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
     sock = c.string(control_t, "control.socket", required=False, default="")
     control_socket = base / sock if sock else data_dir / "control.sock"
 
+    uplink = _uplink(c, data)
+
     if not detectors and not c.problems:
         c.bad("detector", [], "at least one [[detector]]")
     if not valves and not c.problems:
@@ -335,6 +343,27 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
         data_dir=data_dir,
         event_capacity=event_capacity,
         control_socket=control_socket,
+        uplink=uplink,
+    )
+
+
+def _uplink(c: Checker, data: dict[str, Any]) -> UplinkConfig:
+    """``[uplink.mqtt]``, ``[uplink.gb26875]``, ``[uplink.sms]``: each optional."""
+    table = data.get("uplink", {})
+    if not isinstance(table, dict):
+        c.bad("uplink", table, "a table with mqtt, gb26875 and sms tables")
+        return UplinkConfig()
+    c.known_keys(table, "uplink", ("mqtt", "gb26875", "sms"))
+    return UplinkConfig(
+        mqtt=parse_mqtt_config(c.table(table, "uplink.mqtt"), c, "uplink.mqtt")
+        if "mqtt" in table
+        else None,
+        gb26875=parse_gb26875_config(c.table(table, "uplink.gb26875"), c, "uplink.gb26875")
+        if "gb26875" in table
+        else None,
+        sms=parse_sms_config(c.table(table, "uplink.sms"), c, "uplink.sms")
+        if "sms" in table
+        else None,
     )
 
 

@@ -58,6 +58,8 @@ from gateway.drivers.valve import ShutoffValve, make_valve
 from gateway.log import error, log
 from gateway.store.events import EventStore
 from gateway.store.recorder import LatchedSnapshot, Recorder, RecorderItem
+from gateway.uplinks.context import UplinkContext
+from gateway.uplinks.manager import Uplinks
 from gateway.validate import ConfigError
 
 VERSION = "0.1.0"
@@ -121,6 +123,7 @@ class Controller:
         self.annunciator: Annunciator | None = None
         self.buses: list[DetectorBus] = []
         self.recorder: Recorder | None = None
+        self.uplinks: Uplinks | None = None
         self.control: ControlServer | None = None
         self.core: SafetyCore | None = None
         self.snapshot: Snapshot | None = None
@@ -155,7 +158,19 @@ class Controller:
             self.started_at = now
             self.core = SafetyCore(cfg.plan(), now, latched)
             self.recorder = Recorder(self.events_path, cfg.event_capacity, self.recorder_inbox)
+            self.uplinks = Uplinks(cfg.uplink, cfg.data_dir, cfg.site.id)
+            self.uplinks.attach(self.recorder, self.events_path)
             self.recorder.start()
+            self.uplinks.start(
+                UplinkContext(
+                    cfg.site.id,
+                    cfg.site.name,
+                    cfg.site.address,
+                    self.status,
+                    lambda e: self.recorder_inbox.put((self._wall(), e)),
+                ),
+                self._clock,
+            )
             self.recorder_inbox.put(
                 (
                     self._wall(),
@@ -212,8 +227,12 @@ class Controller:
         self._close_all_valves()
         if self.control is not None:
             self.control.stop()
+        if self.uplinks is not None:
+            self.uplinks.stop()
         if self.recorder is not None:
             self.recorder.stop()
+        if self.uplinks is not None:
+            self.uplinks.close()
         if self.annunciator is not None:
             self.annunciator.close()
             self.annunciator = None
@@ -277,7 +296,7 @@ class Controller:
     def reload(self, new: Config) -> None:
         """Apply a validated config without dropping protection: the safety core keeps its
         latches and valve lockouts (nothing opens), pollers of changed buses are restarted.
-        Valves, annunciator pins, data directory and control socket need a restart:
+        Valves, annunciator pins, data directory, control socket and uplinks need a restart:
         ReloadRefused, and nothing changes."""
         old = self.config
         fixed = {
@@ -285,6 +304,7 @@ class Controller:
             "annunciator": (old.annunciator, new.annunciator),
             "storage.data_dir": (old.data_dir, new.data_dir),
             "control.socket": (old.control_socket, new.control_socket),
+            "uplink": (old.uplink, new.uplink),
         }
         changed = [name for name, (a, b) in fixed.items() if a != b]
         if changed:
@@ -438,7 +458,7 @@ class Controller:
         snap = self.snapshot
         if snap is None:
             raise RuntimeError("the controller has not started yet")
-        return build_status(
+        status = build_status(
             self.config,
             snap.view,
             snap.outputs,
@@ -448,6 +468,8 @@ class Controller:
             uptime_s=self._clock() - self.started_at,
             simulated=self.simulated,
         )
+        status["uplinks"] = self.uplinks.state() if self.uplinks is not None else {}
+        return status
 
     def _status_cmd(self, args: dict[str, Any]) -> dict[str, Any]:
         only_args("status", args, ())

@@ -88,6 +88,7 @@ class SimulatedKitchen:
         comm_fault_timeout_s: float = 5.0,
         bus_timeout_s: float = 0.1,
         turnaround_s: float = 0.001,
+        extra_config: str = "",
     ) -> None:
         self.workdir = Path(workdir)
         self.bus_specs = buses
@@ -99,6 +100,7 @@ class SimulatedKitchen:
         self.comm_fault_timeout_s = comm_fault_timeout_s
         self.bus_timeout_s = bus_timeout_s
         self.turnaround_s = turnaround_s
+        self.extra_config = extra_config  # appended to the generated TOML (e.g. [uplink.*])
         self.factory = MockFactory()
         self.emulators: dict[str, BusEmulator] = {}
         self.detectors: dict[str, EmulatedDetector] = {}
@@ -220,7 +222,7 @@ class SimulatedKitchen:
             f"reset_pin = {RESET_PIN}",
             "reset_hold_s = 2.0",
         ]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + self.extra_config
 
     # -- the kitchen's world -----------------------------------------------------------------
 
