@@ -348,3 +348,15 @@ def test_recorder_stores_a_bad_item_instead_of_blocking(tmp_path: Path) -> None:
         ("alarm.raised", "wok-1"),
     ]
     assert bad_utc.details["given_utc"] == "inf" and math.isfinite(bad_utc.utc)
+
+
+def test_a_replacement_log_keeps_numbering_upwards(tmp_path: Path) -> None:
+    # Receivers de-duplicate by (site, seq): a log that replaces a lost one must not reuse seqs.
+    first = tmp_path / "first.db"
+    with EventStore(first, 1000) as store:
+        old = store.append(1_764_300_000.0, Event("alarm.raised", "wok-1", 1.0, {}))
+    time.sleep(0.01)
+    second = tmp_path / "second.db"
+    with EventStore(second, 1000) as store:
+        new = store.append(1_764_300_001.0, Event("alarm.raised", "wok-1", 2.0, {}))
+    assert new > old

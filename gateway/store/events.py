@@ -16,6 +16,8 @@ One SQLite file. Why these settings:
   newer version than this code knows is refused, never half-understood.
 * ``seq`` is an ``AUTOINCREMENT`` key: SQLite never hands out a number again, even after the
   rows that had it were rotated out or the file was reopened. Uplinks resume with ``since(seq)``.
+  A new file starts at the current time in milliseconds, so numbers keep rising even when a
+  lost or corrupt log is replaced: upstream receivers de-duplicate by (site, seq).
 
 sqlite3 objects must not be shared between threads: each thread opens its own ``EventStore``
 (the recorder, which writes) or ``EventStore.open_readonly(path)`` (readers).
@@ -307,6 +309,13 @@ class EventStore(EventReader):
             if version == 0:
                 for sql in _SCHEMA_V1:
                     conn.execute(sql)
+                # A new log starts numbering at the current time in milliseconds, so a log that
+                # replaces a lost or corrupt one keeps counting upwards: upstream receivers
+                # de-duplicate by (site, seq) and must never take a new alarm for an old one.
+                conn.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)",
+                    (int(time.time() * 1000),),
+                )
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
