@@ -56,7 +56,7 @@ from gateway.drivers.annunciator import Annunciator
 from gateway.drivers.modbus_bus import DetectorBus
 from gateway.drivers.valve import ShutoffValve, make_valve
 from gateway.log import error, log
-from gateway.store.events import EventStore
+from gateway.store.events import EventStore, StoredEvent
 from gateway.store.recorder import LatchedSnapshot, Recorder, RecorderItem
 from gateway.uplinks.context import UplinkContext
 from gateway.uplinks.manager import Uplinks
@@ -134,6 +134,9 @@ class Controller:
         self._thread: threading.Thread | None = None
         self._cycle_listeners: list[Callable[[], None]] = []
         self._extra_handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+        # UTC of a fire-centre duty check (查岗) nobody has answered yet; one reference,
+        # assigned whole by the recorder thread and cleared by whoever answers.
+        self.duty_check_pending: float | None = None
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -148,7 +151,7 @@ class Controller:
                 valve.command(False)
             self.annunciator = Annunciator(
                 cfg.annunciator,
-                on_silence=lambda: self.submit(SilenceRequest(self._clock())),
+                on_silence=self._silence_pressed,
                 on_reset=lambda: self.submit(ResetRequest(self._clock())),
                 pin_factory=self._pin_factory,
             )
@@ -158,6 +161,7 @@ class Controller:
             self.started_at = now
             self.core = SafetyCore(cfg.plan(), now, latched)
             self.recorder = Recorder(self.events_path, cfg.event_capacity, self.recorder_inbox)
+            self.recorder.subscribe(self._on_stored)
             self.uplinks = Uplinks(cfg.uplink, cfg.data_dir, cfg.site.id)
             self.uplinks.attach(self.recorder, self.events_path)
             self.recorder.start()
@@ -346,6 +350,36 @@ class Controller:
         self.buses = pollers
         log("config.reloaded", path=str(new.path), detectors=len(new.detectors))
 
+    # -- duty check (查岗) from the fire centre -----------------------------------------------
+
+    def _on_stored(self, stored: StoredEvent) -> None:
+        """Recorder thread: a duty check asks the staff to show they are there. Chirp the
+        sounder (2 s, a core input like any other) and wait for the silence button."""
+        if stored.kind == "uplink.duty_check":
+            self.duty_check_pending = stored.utc
+            self.submit(SounderTestRequest(self._clock(), 2.0, "duty-check"))
+
+    def _silence_pressed(self) -> None:
+        """gpiozero thread: silence the sounder, and answer a pending duty check."""
+        self.submit(SilenceRequest(self._clock()))
+        self.answer_duty_check("silence-button")
+
+    def answer_duty_check(self, operator: str) -> bool:
+        """Record the staff's answer to a pending duty check (the GB/T 26875.3 channel sends
+        it up). False when none was pending."""
+        asked = self.duty_check_pending
+        if asked is None:
+            return False
+        self.duty_check_pending = None
+        event = Event(
+            "operator.duty_answer",
+            "site",
+            self._clock(),
+            {"operator": operator, "asked_utc": asked, "after_s": round(self._wall() - asked, 1)},
+        )
+        self.recorder_inbox.put((self._wall(), event))
+        return True
+
     def submit(self, inp: Input) -> None:
         """Queue an input for the safety thread (never blocks)."""
         self.inbox.put((inp, None))
@@ -448,6 +482,7 @@ class Controller:
             "test_valve": self._test_valve_cmd,
             "test_sounder": self._test_sounder_cmd,
             "reload": self._reload_cmd,
+            "duty_answer": self._duty_answer_cmd,
         }
 
     def add_handler(self, name: str, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
@@ -469,6 +504,7 @@ class Controller:
             simulated=self.simulated,
         )
         status["uplinks"] = self.uplinks.state() if self.uplinks is not None else {}
+        status["duty_check_pending_utc"] = self.duty_check_pending
         return status
 
     def _status_cmd(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -536,6 +572,11 @@ class Controller:
         seconds = int_arg("test_sounder", args, "seconds", 1, int(MAX_SOUNDER_TEST_S), 3)
         operator = str_arg("test_sounder", args, "operator", "console")
         return self._ask(SounderTestRequest(self._clock(), float(seconds), operator))
+
+    def _duty_answer_cmd(self, args: dict[str, Any]) -> dict[str, Any]:
+        only_args("duty_answer", args, ("operator",))
+        operator = str_arg("duty_answer", args, "operator", "console")
+        return {"answered": self.answer_duty_check(operator)}
 
     def _reload_cmd(self, args: dict[str, Any]) -> dict[str, Any]:
         """Re-read the config file (after the console has written it atomically)."""

@@ -13,7 +13,12 @@ import pytest
 from gateway.controller import Controller
 from gateway.sim.kitchen import SimBus, SimDetector, SimulatedKitchen
 from gateway.uplinks.gb26875.centre import GbCentre, Received
-from gateway.uplinks.gb26875.codec import PART_ALARM, PartStatus
+from gateway.uplinks.gb26875.codec import (
+    OPERATION_DUTY_ANSWER,
+    PART_ALARM,
+    DeviceOperation,
+    PartStatus,
+)
 from gateway.uplinks.receive import ReceivingCentre
 from tests.uplink_fixtures import (
     Mosquitto,
@@ -96,4 +101,42 @@ heartbeat_s = 5
     finally:
         controller.stop()
         receiver.stop()
+        kitchen.stop()
+
+
+def test_a_duty_check_chirps_and_the_silence_button_answers_it(
+    tmp_path: Path, gb_centre: GbCentre
+) -> None:
+    uplinks = f"""
+[uplink.gb26875]
+host = "127.0.0.1"
+port = {gb_centre.port}
+device_address = 1
+"""
+    kitchen = SimulatedKitchen(
+        tmp_path, buses=BUSES, detectors=DETECTORS, poll_period_s=0.2, extra_config=uplinks
+    )
+    config = kitchen.start()
+    controller = Controller(config, pin_factory=kitchen.factory, simulated=True)
+    sounder = kitchen.factory.pin(config.annunciator.sounder_pin)
+    try:
+        controller.start()
+        assert gb_centre.wait_connected(5)
+        assert controller.first_poll_done.wait(5)
+        assert gb_centre.duty_check() is not None  # the site confirms it got the question
+        assert wait_for(lambda: controller.duty_check_pending is not None, 5)
+        assert wait_for(lambda: bool(sounder.state), 2), "the staff must hear the duty check"
+        kitchen.press_silence()
+        assert controller.duty_check_pending is None
+
+        def answered(received: list[Received]) -> bool:
+            for r in received:
+                for obj in r.data.objects if r.data is not None else ():
+                    if isinstance(obj, DeviceOperation) and obj.flags & OPERATION_DUTY_ANSWER:
+                        return True
+            return False
+
+        assert gb_centre.wait_for(answered, 10)
+    finally:
+        controller.stop()
         kitchen.stop()
