@@ -19,14 +19,6 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from uplink_fixtures import (  # noqa: F401  (the *_fixture names are pytest fixtures)
-    Mosquitto,
-    UplinkSite,
-    free_loopback_port,
-    mosquitto_fixture,
-    uplink_site_fixture,
-    wait_for,
-)
 
 from gateway.controller import Controller
 from gateway.sim.kitchen import SimBus, SimDetector, SimulatedKitchen
@@ -45,6 +37,14 @@ from gateway.uplinks.mqtt.schema import (
 from gateway.uplinks.outbox import Outbox, OutboxItem, outbox_path
 from gateway.uplinks.receive import ReceivingCentre
 from gateway.validate import Checker
+from tests.uplink_fixtures import (  # noqa: F401  (the *_fixture names are pytest fixtures)
+    Mosquitto,
+    UplinkSite,
+    free_loopback_port,
+    mosquitto_fixture,
+    uplink_site_fixture,
+    wait_for,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SITE = "hz-001"

@@ -16,7 +16,12 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from uplink_fixtures import (  # noqa: F401  (the *_fixture names are pytest fixtures)
+
+from gateway.uplinks.mqtt import MqttChannel, MqttConfig
+from gateway.uplinks.mqtt.schema import Topics, encode, event_message
+from gateway.uplinks.outbox import OutboxItem
+from gateway.uplinks.receive import ReceivingCentre, add_parser, parse_broker
+from tests.uplink_fixtures import (  # noqa: F401  (the *_fixture names are pytest fixtures)
     Mosquitto,
     UplinkSite,
     free_loopback_port,
@@ -24,11 +29,6 @@ from uplink_fixtures import (  # noqa: F401  (the *_fixture names are pytest fix
     uplink_site_fixture,
     wait_for,
 )
-
-from gateway.uplinks.mqtt import MqttChannel, MqttConfig
-from gateway.uplinks.mqtt.schema import Topics, encode, event_message
-from gateway.uplinks.outbox import OutboxItem
-from gateway.uplinks.receive import ReceivingCentre, add_parser, parse_broker
 
 REPO = Path(__file__).resolve().parent.parent
 SITE = "hz-001"

@@ -1,8 +1,8 @@
 """A real mosquitto broker for the uplink tests, on a free loopback port.
 
-Use it from a test module with ``from uplink_fixtures import mosquitto_fixture  # noqa: F401``
+Use it from a test module with ``from tests.uplink_fixtures import mosquitto_fixture  # noqa: F401``
 (pytest puts tests/ on sys.path; a fixture imported into a module is found; the fixture's name
-is ``mosquitto`` and ``from uplink_fixtures import mosquitto`` works too).
+is ``mosquitto`` and ``from tests.uplink_fixtures import mosquitto`` works too).
 The fixture yields a ``Mosquitto``:
 
 * ``host`` / ``port``: where the broker listens (always 127.0.0.1, plain MQTT, anonymous).

@@ -30,7 +30,6 @@ import math
 import os
 import select
 import struct
-import termios
 import threading
 import time
 from collections import deque
@@ -43,7 +42,14 @@ from gateway.core.model import Level
 from gateway.log import warn
 from gateway.profiles import Profile, StatusRule
 from gateway.rtu import char_time, check_line, t35
-from gateway.sim.pty import PtyPair, close_pty, open_raw_pty, point_link, remove_link
+from gateway.sim.pty import (
+    PtyPair,
+    close_pty,
+    open_raw_pty,
+    park_line,
+    point_link,
+    remove_link,
+)
 
 MAX_READ_REGISTERS = 125  # Modbus limit for FC03/FC04
 EXCHANGE_HISTORY = 10_000  # exchanges kept for the benchmark; older ones are dropped
@@ -440,23 +446,8 @@ class BusEmulator:
                 time.sleep(0.01)
 
     def _park_line(self) -> None:
-        """Keep the pty at a speed the gateway will not ask for, while the line is idle.
-
-        A Linux pty cannot hold parity (the kernel clears PARENB), so a gateway that re-opens
-        the port with parity at the speed the pty already has asks for no change it can make,
-        and the open fails with EINVAL. Parking the pty at another speed makes every open a real
-        change. The pty moves bytes the same at any speed: pacing is the emulator's job. Real
-        UARTs do not need this."""
-        pair = self._pty
-        if pair is None or self.parity == "N":
-            return
-        attrs = termios.tcgetattr(pair.slave_fd)
-        park = termios.B38400 if self.baud != 38400 else termios.B9600
-        if attrs[4] == park and attrs[5] == park:
-            return
-        attrs[2] = (attrs[2] & ~termios.CBAUD) | park
-        attrs[4] = attrs[5] = park
-        termios.tcsetattr(pair.slave_fd, termios.TCSANOW, attrs)
+        if self._pty is not None:
+            park_line(self._pty, self.baud, self.parity)
 
     def _end_frame(self, ended_at: float) -> None:
         self._frames.append((bytes(self._rx), self._rx_first, ended_at))

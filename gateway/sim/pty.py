@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import termios
 import tty
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,3 +66,22 @@ def remove_link(link: Path) -> None:
     """Remove ``link`` if it exists (the adapter's device node disappears)."""
     with contextlib.suppress(FileNotFoundError):
         link.unlink()
+
+
+def park_line(pair: PtyPair, baud: int, parity: str) -> None:
+    """Keep an idle pty at a speed the gateway will not ask for.
+
+    A Linux pty cannot hold parity (the kernel clears PARENB), so a gateway that re-opens the
+    port with parity at the speed the pty already has asks for no change the kernel can make,
+    and the open fails with EINVAL. Parking the pty at another speed makes every open a real
+    change. The pty moves bytes the same at any speed: pacing is the emulator's job. Real
+    UARTs do not need this. Call it whenever the line is idle."""
+    if parity == "N":
+        return
+    attrs = termios.tcgetattr(pair.slave_fd)
+    park = termios.B38400 if baud != 38400 else termios.B9600
+    if attrs[4] == park and attrs[5] == park:
+        return
+    attrs[2] = (attrs[2] & ~termios.CBAUD) | park
+    attrs[4] = attrs[5] = park
+    termios.tcsetattr(pair.slave_fd, termios.TCSANOW, attrs)
