@@ -22,6 +22,8 @@ from gateway.appliance.cli import add_parsers as add_appliance_parsers
 from gateway.appliance.heartbeat import attach as attach_systemd
 from gateway.appliance.notify import NotifyError
 from gateway.config import Config, load_config
+from gateway.console.api import register as register_console
+from gateway.console.cli import add_parser as add_console_parser
 from gateway.controller import Controller, events_db
 from gateway.store.events import EventStore, EventStoreError
 from gateway.uplinks.gb26875.centre import add_parser as add_gb_centre_parser
@@ -74,6 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg is None:
         return 1
     controller = Controller(cfg)
+    register_console(controller)  # the console's record and scan commands on the socket
     try:
         # READY=1 after the first complete poll; WATCHDOG=1 only from the safety thread.
         link = attach_systemd(controller)
@@ -175,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_appliance_parsers(sub)
     add_receive_parser(sub)
+    add_console_parser(sub)
     add_gb_centre_parser(sub)
 
     s = sub.add_parser("demo", help="run the controller on a simulated kitchen")

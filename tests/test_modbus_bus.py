@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Deliveries, bus_config, detector_config
 
 from gateway.core.model import CommFailure, Level, Reading
 from gateway.drivers.modbus_bus import DetectorBus
 from gateway.profiles import Profile
 from gateway.rtu import frame_wire_time, t35
 from gateway.sim.emulator import BusEmulator, EmulatedDetector, Exchange
+from tests.conftest import Deliveries, bus_config, detector_config
 
 MakeEmulator = Callable[..., BusEmulator]
 StartBus = Callable[..., DetectorBus]

@@ -590,7 +590,9 @@ class Installer:
 
     def directories(self) -> None:
         L = self.layout
-        self._mkdir(L.etc_dir, 0o750, "root", SERVICE_USER)
+        # Group-writable: the technician console (user gasguard) applies a config change by
+        # writing a new file beside the old one and renaming it (atomic, previous kept).
+        self._mkdir(L.etc_dir, 0o770, "root", SERVICE_USER)
         self._mkdir(L.profiles_dir, 0o750, "root", SERVICE_USER)
         self._mkdir(L.state_dir, 0o750, SERVICE_USER, SERVICE_USER)
         self._mkdir(L.backups_dir, 0o700, "root", "root")
