@@ -72,7 +72,6 @@ SYSTEMD_FILES = {
     ),
     "systemd/journald.conf.d/gasguard.conf": "etc/systemd/journald.conf.d/gasguard.conf",
     "udev/99-gasguard-serial.rules": "etc/udev/rules.d/99-gasguard-serial.rules",
-    "systemd/README.md": "usr/share/doc/gasguard/appliance.md",
 }
 CONFIG_TXT = Path("/boot/firmware/config.txt")  # Bookworm; /boot/config.txt before
 

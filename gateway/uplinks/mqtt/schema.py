@@ -1,4 +1,4 @@
-"""The MQTT topic tree and the JSON documents on it (documented in docs/uplinks-mqtt.md).
+"""The MQTT topic tree and the JSON documents on it (documented in the README, "Upstream").
 
 Topics, for site ``<site>`` under the prefix ``gasguard`` (configurable):
 
