@@ -299,3 +299,17 @@ def test_atomic_write_without_previous_keeps_prev_untouched(tmp_path: Path) -> N
     atomic_write(path, "a = 3\n", keep_previous=False)
     assert previous_path(path).read_text() == "a = 1\n"
     assert path.read_text() == "a = 3\n"
+
+
+def test_atomic_write_after_a_kill_between_the_two_renames_leaves_no_temporary(
+    tmp_path: Path,
+) -> None:
+    # A kill after NAME.prev was linked to NAME but before the new file was renamed in leaves
+    # the two names on one inode; rename(2) between two links of one file does nothing.
+    path = tmp_path / "f.toml"
+    path.write_text("a = 1\n")
+    os.link(path, previous_path(path))
+    atomic_write(path, "a = 2\n", keep_previous=True)
+    assert path.read_text() == "a = 2\n"
+    assert previous_path(path).read_text() == "a = 1\n"
+    assert not list(tmp_path.glob(".*.tmp"))

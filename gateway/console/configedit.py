@@ -374,18 +374,21 @@ def atomic_write(path: Path, text: str, *, keep_previous: bool) -> None:
     except FileNotFoundError:
         mode = 0o640
     tmp = _tmp_name(path, "new")
+    prev_tmp = _tmp_name(path, "prev")
     try:
         _write_synced(tmp, text, mode)
         if keep_previous and path.exists():
-            prev_tmp = _tmp_name(path, "prev")
             with contextlib.suppress(FileNotFoundError):
                 prev_tmp.unlink()
             os.link(path, prev_tmp)
+            # When NAME.prev is already a link to NAME (an earlier apply was killed between its
+            # two renames) rename(2) does nothing and leaves prev_tmp: removed below.
             os.replace(prev_tmp, previous_path(path))
         os.replace(tmp, path)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        for leftover in (tmp, prev_tmp):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
     _fsync_dir(path.parent)
 
 

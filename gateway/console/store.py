@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
+from gateway.store.sqlite import open_durable
+
 SCHEMA_VERSION = 1
 CONSOLE_DB = "console.db"
 SITE_KEY = "site.key"
@@ -109,11 +111,15 @@ class ConsoleStore:
         self.path = console_db(self.data_dir)
         try:
             _create_private(self.path)
-            self.conn = sqlite3.connect(
-                str(self.path), timeout=busy_timeout_s, isolation_level=None
-            )
-        except (OSError, sqlite3.Error) as e:
+        except OSError as e:
             raise ConsoleStoreError(f"console store {self.path}: cannot open: {e}") from e
+        self.conn, _version = open_durable(
+            self.path,
+            "console store",
+            SCHEMA_VERSION,
+            ConsoleStoreError,
+            busy_timeout_s=busy_timeout_s,
+        )
         try:
             self._prepare()
         except sqlite3.DatabaseError as e:
@@ -130,14 +136,6 @@ class ConsoleStore:
 
     def _prepare(self) -> None:
         conn = self.conn
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        if version > SCHEMA_VERSION:
-            raise ConsoleStoreError(
-                f"console store {self.path} has schema version {version}: this gasguard reads "
-                f"versions up to {SCHEMA_VERSION} (written by a newer gasguard)"
-            )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
         with self.transaction():
             for sql in _SCHEMA:
                 conn.execute(sql)

@@ -38,7 +38,7 @@ from types import TracebackType
 from typing import Any
 
 from gateway.core.model import Event, Level
-from gateway.log import warn
+from gateway.store.sqlite import open_durable
 
 SCHEMA_VERSION = 1
 # GB 16808 asks for at least 999 records; the config enforces the same range.
@@ -275,23 +275,11 @@ class EventStore(EventReader):
         path = Path(path)
         self.capacity = capacity
         self.rotate_batch = max(1, capacity // 10)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise EventStoreError(f"event store {path}: cannot create its directory: {e}") from e
-        try:
-            # isolation_level=None: no implicit transactions; every write below says BEGIN.
-            conn = sqlite3.connect(str(path), timeout=busy_timeout_s, isolation_level=None)
-        except sqlite3.Error as e:
-            raise EventStoreError(f"event store {path}: cannot open: {e}") from e
+        conn, version = open_durable(
+            path, "event store", SCHEMA_VERSION, EventStoreError, busy_timeout_s=busy_timeout_s
+        )
         super().__init__(path, conn)
         try:
-            version = _check_schema(path, conn)
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                # Still durable (synchronous=FULL), only readers may now block the writer.
-                warn("store.no_wal", path=path, journal_mode=mode)
-            conn.execute("PRAGMA synchronous=FULL")
             if version < SCHEMA_VERSION:
                 self._migrate(version)
             self._rows_now: int | None = self.count()

@@ -47,6 +47,7 @@ from typing import Any
 
 from gateway.log import error, log, warn
 from gateway.store.events import EventReader, StoredEvent, details_json
+from gateway.store.sqlite import open_durable
 
 SCHEMA_VERSION = 1
 OUTBOX_DB = "outbox.db"
@@ -187,18 +188,15 @@ class Outbox:
         self.last_error: str | None = None
         self.dropped = 0
         self.fresh = not self.path.exists()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: no implicit transactions; every write says BEGIN.
-            # check_same_thread=False: several threads use it, always under self._lock.
-            self._conn = sqlite3.connect(
-                str(self.path),
-                timeout=busy_timeout_s,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-        except (OSError, sqlite3.Error) as e:
-            raise OutboxError(f"outbox {self.path}: cannot open: {e}") from e
+        # check_same_thread=False: several threads use it, always under self._lock.
+        self._conn, _version = open_durable(
+            self.path,
+            "outbox",
+            SCHEMA_VERSION,
+            OutboxError,
+            busy_timeout_s=busy_timeout_s,
+            check_same_thread=False,
+        )
         try:
             self._prepare()
         except sqlite3.DatabaseError as e:
@@ -220,16 +218,6 @@ class Outbox:
 
     def _prepare(self) -> None:
         conn = self._conn
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        if version > SCHEMA_VERSION:
-            raise OutboxError(
-                f"outbox {self.path} has schema version {version}: this gasguard reads versions "
-                f"up to {SCHEMA_VERSION} (written by a newer gasguard)"
-            )
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            warn("outbox.no_wal", path=self.path, journal_mode=mode)
-        conn.execute("PRAGMA synchronous=FULL")
         conn.execute("BEGIN IMMEDIATE")
         try:
             for sql in _SCHEMA:
