@@ -21,11 +21,11 @@ from bench import Figure, note
 Runner = Callable[..., list[Figure]]
 
 
-def _runner(module: str) -> Callable[[], Runner]:
+def _runner(module: str, function: str = "run") -> Callable[[], Runner]:
     """Import ``module`` only when its benchmark runs: one that cannot import fails alone."""
 
     def load() -> Runner:
-        return cast(Runner, importlib.import_module(module).run)
+        return cast(Runner, getattr(importlib.import_module(module), function))
 
     return load
 
@@ -36,6 +36,7 @@ BENCHMARKS: dict[str, Callable[[], Runner]] = {
     "reaction": _runner("bench.reaction"),
     "resources": _runner("bench.resources"),
     "cold_start": _runner("bench.cold_start"),
+    "reaction_flooded": _runner("bench.reaction", "run_flooded"),
     "storage_writes": _runner("bench.storage_writes"),
     "uplink_mqtt": _runner("bench.uplink_mqtt"),
     "uplink_gb": _runner("bench.uplink_gb"),
@@ -47,6 +48,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "reaction": {"trials": 3, "baseline_reads": 3},
     "resources": {"warmup_s": 0.5, "window_s": 1.5},
     "cold_start": {"runs": 1, "baseline_runs": 1},
+    "reaction_flooded": {"trials": 3, "flood_per_s": 100},
     "storage_writes": {"warmup_s": 0.5, "window_s": 2.0, "event_window_s": 3.0},
     "uplink_mqtt": {"alarms": 5, "replay": 50},
     "uplink_gb": {"samples": 5, "warmup": 1},

@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import logging
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,11 +40,14 @@ from bench import Figure, emit, median, note, percentile
 from bench.emulator_proc import BusSpec, DetectorSpec, EmulatorProcess, SeenExchange
 from bench.poll import PollSetting, open_port
 from bench.siteconfig import VALVE_PIN, SiteBus, write_site_config
+from bench.uplink_mqtt import Broker
 from gateway.config import Config, load_config
 from gateway.controller import Controller
-from gateway.core.model import ResetRequest
+from gateway.core.model import Event, ResetRequest
 from gateway.profiles import Profile, default_profiles_dir, load_profiles
 from gateway.sim.valve_mechanism import ValveMechanism
+from gateway.uplinks.gb26875.centre import GbCentre
+from gateway.uplinks.receive import ReceivingCentre
 
 ALARM_LEL = 60.0  # above every high set point: each reply carries a high alarm
 NORMAL_LEL = 1.0
@@ -175,6 +179,125 @@ def serial_baseline(emu: EmulatorProcess, bus: int, profile: Profile, reads: int
     return [r - e for r, e in zip(returned, ends, strict=True)]
 
 
+def run_flooded(
+    out: TextIO,
+    *,
+    trials: int = 300,
+    poll_period_s: float = 0.03,
+    travel_s: float = 0.01,
+    flood_per_s: int = 1000,
+) -> list[Figure]:
+    """The same trials twice in one run: idle (no uplinks), then with an MQTT broker and a
+    GB/T 26875.3 centre on loopback while ``flood_per_s`` events a second go through the
+    recorder, the outbox and both channels. Prints the p99 reaction of each and their ratio
+    [target <= 1.10]."""
+    note(
+        out,
+        f"(uplinks flooded) reaction: {trials} trials idle, then {trials} while {flood_per_s} "
+        "events/s go through the event log, the outbox, MQTT and GB/T 26875.3",
+    )
+    profiles = load_profiles(default_profiles_dir())
+    specs = [
+        BusSpec(d.setting.baud, d.setting.parity, d.setting.stop_bits, 0.001,
+                (DetectorSpec(ADDRESS, d.setting.profile, NORMAL_LEL),))
+        for d in DETECTORS
+    ]  # fmt: skip
+    with (
+        _quiet_gasguard_logs(),
+        tempfile.TemporaryDirectory(prefix="gasguard-bench-") as tmp,
+        EmulatorProcess(specs) as emu,
+    ):
+        idle_cfg = _site(Path(tmp) / "idle", emu, poll_period_s)
+        idle, _, _ = _trials(emu, idle_cfg, profiles, trials, travel_s)
+        broker = Broker(Path(tmp))
+        centre = GbCentre()
+        centre.start()
+        receiver = ReceivingCentre("127.0.0.1", broker.port, "BENCH-01")
+        receiver.start()
+        try:
+            uplinks = (
+                f'[uplink.mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\ntls = false\n'
+                f'[uplink.gb26875]\nhost = "127.0.0.1"\nport = {centre.port}\n'
+                "device_address = 1\n"
+            )
+            cfg = _site(Path(tmp) / "flooded", emu, poll_period_s, uplinks)
+            flooded, _, _ = _trials(emu, cfg, profiles, trials, travel_s, flood_per_s)
+        finally:
+            receiver.stop()
+            centre.stop()
+            broker.stop()
+    p99_idle, p99_flooded = percentile(idle, 99), percentile(flooded, 99)
+    figures = [
+        Figure("reaction_idle_p99", p99_idle * 1000, "ms", "no uplinks, p99", decimals=3),
+        Figure(
+            "reaction_flooded_p99",
+            p99_flooded * 1000,
+            "ms",
+            f"MQTT + GB/T 26875.3 uplinks flooded with {flood_per_s} events/s, p99",
+            decimals=3,
+        ),
+        Figure(
+            "reaction_flooded_median",
+            median(flooded) * 1000,
+            "ms",
+            "same, median",
+            decimals=3,
+        ),
+        Figure(
+            "reaction_flooded_ratio",
+            p99_flooded / p99_idle,
+            "x",
+            "flooded p99 / idle p99 [target <= 1.10]",
+            decimals=2,
+        ),
+    ]
+    for fig in figures:
+        emit(out, fig)
+    return figures
+
+
+def _site(directory: Path, emu: EmulatorProcess, poll_period_s: float, extra: str = "") -> Config:
+    buses = [
+        SiteBus(
+            f"bus{i}",
+            emu.paths[i],
+            d.setting.baud,
+            d.setting.parity,
+            ((d.name, ADDRESS, d.setting.profile),),
+        )
+        for i, d in enumerate(DETECTORS)
+    ]
+    cfg = load_config(write_site_config(directory, buses, comm_fault_timeout_s=2.0, extra=extra))
+    return dataclasses.replace(
+        cfg, timings=dataclasses.replace(cfg.timings, poll_period_s=poll_period_s)
+    )
+
+
+@contextlib.contextmanager
+def _flood(controller: Controller, per_s: int) -> Iterator[None]:
+    """Put ``per_s`` operator events a second on the recorder's queue (in 10 ms batches), as a
+    burst of site activity would: each is stored, queued in the outbox and sent up."""
+    stop = threading.Event()
+
+    def pump() -> None:
+        batch = max(1, per_s // 100)
+        while not stop.wait(0.01):
+            now = time.time()
+            for _ in range(batch):
+                event = Event("operator.silence", "site", time.monotonic(), {"operator": "bench"})
+                controller.recorder_inbox.put((now, event))
+
+    thread = threading.Thread(target=pump, name="bench-flood", daemon=True)
+    if per_s > 0:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if per_s > 0:
+            thread.join(2)
+
+
 def run(
     out: TextIO,
     *,
@@ -278,6 +401,7 @@ def _trials(
     profiles: dict[str, Profile],
     trials: int,
     travel_s: float,
+    flood_per_s: int = 0,
 ) -> tuple[list[float], list[float], int]:
     factory = MockFactory()
     mechanism = ValveMechanism(
@@ -292,6 +416,8 @@ def _trials(
         controller.start()
         _wait(controller.first_poll_done.is_set, STEP_TIMEOUT_S, "the first complete poll")
         _reopen(controller, coil)
+        flooding = contextlib.ExitStack()
+        flooding.enter_context(_flood(controller, flood_per_s))
         for i in range(trials):
             bus = i % len(DETECTORS)
             profile = profiles[DETECTORS[bus].setting.profile]
@@ -317,6 +443,7 @@ def _trials(
             reactions.append(reaction)
             from_first.append(closed_at - ends[0])
             _reopen(controller, coil)
+        flooding.close()
     finally:
         controller.stop()
         mechanism.stop()

@@ -149,6 +149,19 @@ def test_reaction_benchmark_runs_and_the_valve_waits_for_the_confirming_reading(
     value(figures, "reaction_out_of_order", "trials")
 
 
+def test_flooded_reaction_benchmark_runs_with_both_uplinks(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    figures = run_quick("reaction_flooded", capsys)
+    idle = value(figures, "reaction_idle_p99", "ms")
+    flooded = value(figures, "reaction_flooded_p99", "ms")
+    assert idle > 0 and flooded > 0
+    # Printed with 2 decimals, from inputs printed with 3.
+    ratio = value(figures, "reaction_flooded_ratio", "x")
+    assert ratio == pytest.approx(flooded / idle, rel=0.02, abs=0.01)
+    value(figures, "reaction_flooded_median", "ms")
+
+
 # -- (c) resources, (d) cold start ----------------------------------------------------------------
 
 
