@@ -25,6 +25,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -46,8 +49,6 @@ from gateway.controller import Controller
 from gateway.core.model import Event, ResetRequest
 from gateway.profiles import Profile, default_profiles_dir, load_profiles
 from gateway.sim.valve_mechanism import ValveMechanism
-from gateway.uplinks.gb26875.centre import GbCentre
-from gateway.uplinks.receive import ReceivingCentre
 
 ALARM_LEL = 60.0  # above every high set point: each reply carries a high alarm
 NORMAL_LEL = 1.0
@@ -209,22 +210,27 @@ def run_flooded(
     ):
         idle_cfg = _site(Path(tmp) / "idle", emu, poll_period_s)
         idle, _, _ = _trials(emu, idle_cfg, profiles, trials, travel_s)
+        # The centres run in their own processes, as they would in a real city: only the
+        # gateway's own work shares this process (and its GIL) with the safety loop.
         broker = Broker(Path(tmp))
-        centre = GbCentre()
-        centre.start()
-        receiver = ReceivingCentre("127.0.0.1", broker.port, "BENCH-01")
-        receiver.start()
+        gb_port = free_port()
+        centres = [
+            _spawn("gb-centre", "--port", str(gb_port)),
+            _spawn("receive", "--broker", f"127.0.0.1:{broker.port}", "--site", "BENCH-01"),
+        ]
         try:
+            _wait(lambda: _listening(gb_port), STEP_TIMEOUT_S, "the GB/T 26875.3 test centre")
             uplinks = (
                 f'[uplink.mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\ntls = false\n'
-                f'[uplink.gb26875]\nhost = "127.0.0.1"\nport = {centre.port}\n'
+                f'[uplink.gb26875]\nhost = "127.0.0.1"\nport = {gb_port}\n'
                 "device_address = 1\n"
             )
             cfg = _site(Path(tmp) / "flooded", emu, poll_period_s, uplinks)
             flooded, _, _ = _trials(emu, cfg, profiles, trials, travel_s, flood_per_s)
         finally:
-            receiver.stop()
-            centre.stop()
+            for proc in centres:
+                proc.terminate()
+                proc.wait(10)
             broker.stop()
     p99_idle, p99_flooded = percentile(idle, 99), percentile(flooded, 99)
     figures = [
@@ -254,6 +260,28 @@ def run_flooded(
     for fig in figures:
         emit(out, fig)
     return figures
+
+
+def _spawn(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+    except OSError:
+        return False
+    return True
 
 
 def _site(directory: Path, emu: EmulatorProcess, poll_period_s: float, extra: str = "") -> Config:
