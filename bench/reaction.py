@@ -198,15 +198,10 @@ def run_flooded(
         "events/s go through the event log, the outbox, MQTT and GB/T 26875.3",
     )
     profiles = load_profiles(default_profiles_dir())
-    specs = [
-        BusSpec(d.setting.baud, d.setting.parity, d.setting.stop_bits, 0.001,
-                (DetectorSpec(ADDRESS, d.setting.profile, NORMAL_LEL),))
-        for d in DETECTORS
-    ]  # fmt: skip
     with (
         _quiet_gasguard_logs(),
         tempfile.TemporaryDirectory(prefix="gasguard-bench-") as tmp,
-        EmulatorProcess(specs) as emu,
+        EmulatorProcess(_bus_specs()) as emu,
     ):
         idle_cfg = _site(Path(tmp) / "idle", emu, poll_period_s)
         idle, _, _ = _trials(emu, idle_cfg, profiles, trials, travel_s)
@@ -260,6 +255,15 @@ def run_flooded(
     for fig in figures:
         emit(out, fig)
     return figures
+
+
+def _bus_specs() -> list[BusSpec]:
+    """One emulated bus per reaction detector, one detector on each, gas normal."""
+    return [
+        BusSpec(d.setting.baud, d.setting.parity, d.setting.stop_bits, 0.001,
+                (DetectorSpec(ADDRESS, d.setting.profile, NORMAL_LEL),))
+        for d in DETECTORS
+    ]  # fmt: skip
 
 
 def _spawn(*args: str) -> subprocess.Popen[bytes]:
@@ -345,31 +349,13 @@ def run(
         f"(b) reaction: {trials} trials, whole Controller, poll period {poll_period_s:g} s, "
         "emulator in another process, mock pins",
     )
-    specs = [
-        BusSpec(d.setting.baud, d.setting.parity, d.setting.stop_bits, 0.001,
-                (DetectorSpec(ADDRESS, d.setting.profile, NORMAL_LEL),))
-        for d in DETECTORS
-    ]  # fmt: skip
     with (
         _quiet_gasguard_logs(),
         tempfile.TemporaryDirectory(prefix="gasguard-bench-") as tmp,
-        EmulatorProcess(specs) as emu,
+        EmulatorProcess(_bus_specs()) as emu,
     ):
         base = serial_baseline(emu, 0, profiles[DETECTORS[0].setting.profile], baseline_reads)
-        buses = [
-            SiteBus(
-                f"bus{i}",
-                emu.paths[i],
-                d.setting.baud,
-                d.setting.parity,
-                ((d.name, ADDRESS, d.setting.profile),),
-            )
-            for i, d in enumerate(DETECTORS)
-        ]
-        cfg = load_config(write_site_config(Path(tmp), buses, comm_fault_timeout_s=2.0))
-        cfg = dataclasses.replace(
-            cfg, timings=dataclasses.replace(cfg.timings, poll_period_s=poll_period_s)
-        )
+        cfg = _site(Path(tmp), emu, poll_period_s)
         reactions, from_first, out_of_order = _trials(emu, cfg, profiles, trials, travel_s)
     figures = [
         Figure(
