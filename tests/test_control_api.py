@@ -443,3 +443,32 @@ def test_render_events_one_line_each() -> None:
     assert lines[2].split()[:2] == ["1234", "2025-11-28T03:21:01.000Z"]
     assert lines[1].index("alarm.raised") == lines[2].index("operator.reset")  # aligned
     assert render_events([]) == "no events\n"
+
+
+def test_render_status_shows_uplinks_and_an_unanswered_duty_check() -> None:
+    from gateway.api.render import render_status
+
+    status = {
+        "site": {"id": "S", "name": "n", "address": "a"},
+        "uptime_s": 1.0,
+        "now_utc": 1_764_300_000.0,
+        "detectors": [],
+        "valves": [],
+        "duty_check_pending_utc": 1_764_300_000.0,
+        "uplinks": {
+            "mqtt": {"broker": "127.0.0.1:1883", "connected": True, "pending": 0},
+            "gb26875": {
+                "centre": "10.0.0.1:26875",
+                "connected": False,
+                "pending": 3,
+                "last_error": "connection refused",
+            },
+            "sms": {"port": "/dev/ttyUSB2", "modem_ok": True, "pending": 0},
+        },
+    }
+    text = render_status(status)
+    assert "DUTY CHECK from the fire centre at 2025-11-28T03:20:00Z: press SILENCE" in text
+    lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("  ")}
+    assert "up" in lines["mqtt"].split() and "127.0.0.1:1883" in lines["mqtt"]
+    assert "DOWN" in lines["gb26875"] and "connection refused" in lines["gb26875"]
+    assert "up" in lines["sms"].split()

@@ -225,7 +225,42 @@ def render_status(status: dict[str, Any]) -> str:
     lines += table(
         ("NAME", "KIND", "COMMANDED", "FEEDBACK", "CONFIRMED", "FAILED", "REASON"), valve_rows
     )
+    lines += _render_uplinks(status)
     return "\n".join(lines) + "\n"
+
+
+def _render_uplinks(status: dict[str, Any]) -> list[str]:
+    """The upstream channels and a fire centre's unanswered duty check, when there are any."""
+    lines: list[str] = []
+    asked = status.get("duty_check_pending_utc")
+    if _number(asked) is not None:
+        lines += [
+            "",
+            f"DUTY CHECK from the fire centre at {iso_utc(asked, 'seconds')}: press SILENCE to "
+            "answer",
+        ]
+    uplinks = status.get("uplinks")
+    if not isinstance(uplinks, dict) or not uplinks:
+        return lines
+    lines += ["", f"Uplinks ({len(uplinks)})"]
+    rows = []
+    for name, state in uplinks.items():
+        state = state if isinstance(state, dict) else {}
+        peer = state.get("broker") or state.get("centre") or state.get("port") or "?"
+        # The SMS fallback has no connection: its modem's health stands for the link.
+        up = state.get("connected", state.get("modem_ok"))
+        link = _flag(up, "up", "DOWN", "?")
+        rows.append(
+            [
+                _text(name),
+                _text(peer),
+                link,
+                _text(state.get("pending", "?")),
+                _text(state.get("last_error")),
+            ]
+        )
+    lines += table(("CHANNEL", "PEER", "LINK", "PENDING", "LAST ERROR"), rows)
+    return lines
 
 
 def render_events(events: Sequence[StoredEvent]) -> str:
