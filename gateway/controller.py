@@ -246,16 +246,18 @@ class Controller:
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT or a safety-loop failure; exit status 0 or 1."""
-        self.start()
         done = threading.Event()
 
         def _signal(signum: int, _frame: Any) -> None:
             done.set()
 
+        # Handlers first: a stop asked for while starting up still ends in stop() (valves
+        # closed, events flushed), not in the default abrupt exit.
         reload_wanted = threading.Event()
         signal.signal(signal.SIGTERM, _signal)
         signal.signal(signal.SIGINT, _signal)
         signal.signal(signal.SIGHUP, lambda signum, frame: reload_wanted.set())
+        self.start()
         ready = False
         while not done.is_set():
             if not ready:

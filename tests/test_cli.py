@@ -91,3 +91,40 @@ def test_events_json_prints_one_object_per_line(tmp_path: Path) -> None:
         ("valve.closing", "main-inlet"),
     ]
     assert rows[1]["seq"] == rows[0]["seq"] + 1
+
+
+def test_run_stops_cleanly_on_sigterm_and_records_its_start(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from gateway.sim.kitchen import SimulatedKitchen
+    from gateway.store.events import EventStore
+
+    kitchen = SimulatedKitchen(tmp_path)
+    config = kitchen.start()
+    env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "run", "--config", str(config.path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 20
+        ready = False
+        while time.monotonic() < deadline and not ready:
+            line = proc.stdout.readline()
+            ready = "event=controller.ready" in line
+        assert ready, "no controller.ready line"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        kitchen.stop()
+    with EventStore.open_readonly(config.data_dir / "events.db") as reader:
+        kinds = [e.kind for e in reader.recent(100)]
+    assert "controller.started" in kinds
