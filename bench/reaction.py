@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -45,9 +46,9 @@ from bench.poll import PollSetting, open_port
 from bench.siteconfig import VALVE_PIN, SiteBus, write_site_config
 from bench.uplink_mqtt import Broker
 from gateway.config import Config, load_config
-from gateway.controller import Controller
 from gateway.core.model import Event, ResetRequest
 from gateway.profiles import Profile, default_profiles_dir, load_profiles
+from gateway.safety.controller import Controller
 from gateway.sim.valve_mechanism import ValveMechanism
 
 ALARM_LEL = 60.0  # above every high set point: each reply carries a high alarm
@@ -188,25 +189,32 @@ def run_flooded(
     travel_s: float = 0.01,
     flood_per_s: int = 1000,
 ) -> list[Figure]:
-    """The same trials twice in one run: idle (no uplinks), then with an MQTT broker and a
-    GB/T 26875.3 centre on loopback while ``flood_per_s`` events a second go through the
-    recorder, the outbox and both channels. Prints the p99 reaction of each and their ratio
-    [target <= 1.10]."""
+    """Idle and flooded trials in one run: idle with no uplinks process; flooded with the
+    uplinks process (``gasguard-uplinks``, its own process, as on a site) forwarding to an MQTT
+    broker and a GB/T 26875.3 centre on loopback while ``flood_per_s`` events a second go
+    through the event log, the outbox and both channels. Both pairs run twice: with the safety
+    process's threads at the unit's real-time priority (as systemd starts it) and without.
+    Prints each p99 and the flooded / idle ratio [target <= 1.10]."""
+    priority = realtime_priority()
+    modes = [True, False] if can_use_realtime(priority) else [False]
     note(
         out,
         f"(uplinks flooded) reaction: {trials} trials idle, then {trials} while {flood_per_s} "
-        "events/s go through the event log, the outbox, MQTT and GB/T 26875.3",
+        "events/s go through the event log to the uplinks process (MQTT and GB/T 26875.3); "
+        + (
+            f"with SCHED_FIFO {priority} (the unit's) and without"
+            if len(modes) == 2
+            else "SCHED_FIFO not permitted here: without real-time priority only"
+        ),
     )
     profiles = load_profiles(default_profiles_dir())
+    figures: list[Figure] = []
     with (
         _quiet_gasguard_logs(),
         tempfile.TemporaryDirectory(prefix="gasguard-bench-") as tmp,
         EmulatorProcess(_bus_specs()) as emu,
     ):
-        idle_cfg = _site(Path(tmp) / "idle", emu, poll_period_s)
-        idle, _, _ = _trials(emu, idle_cfg, profiles, trials, travel_s)
-        # The centres run in their own processes, as they would in a real city: only the
-        # gateway's own work shares this process (and its GIL) with the safety loop.
+        # The centres run in their own processes, as they would in a real city.
         broker = Broker(Path(tmp))
         gb_port = free_port()
         centres = [
@@ -220,41 +228,100 @@ def run_flooded(
                 f'[uplink.gb26875]\nhost = "127.0.0.1"\nport = {gb_port}\n'
                 "device_address = 1\n"
             )
-            cfg = _site(Path(tmp) / "flooded", emu, poll_period_s, uplinks)
-            flooded, _, _ = _trials(emu, cfg, profiles, trials, travel_s, flood_per_s)
+            for rt in modes:
+                tag = "rt" if rt else "nort"
+                idle_cfg = _site(Path(tmp) / f"idle-{tag}", emu, poll_period_s)
+                idle, _, _ = _trials(emu, idle_cfg, profiles, trials, travel_s, realtime=rt)
+                cfg = _site(Path(tmp) / f"flooded-{tag}", emu, poll_period_s, uplinks)
+                forwarder = _spawn("uplinks", "--config", str(cfg.path))
+                seen: dict[str, Any] = {}
+                try:
+                    flooded, _, _ = _trials(
+                        emu, cfg, profiles, trials, travel_s, flood_per_s, realtime=rt, seen=seen
+                    )
+                finally:
+                    forwarder.terminate()
+                    forwarder.wait(15)
+                figures += _flood_figures(tag, rt, priority, idle, flooded, flood_per_s, seen)
         finally:
             for proc in centres:
                 proc.terminate()
                 proc.wait(10)
             broker.stop()
-    p99_idle, p99_flooded = percentile(idle, 99), percentile(flooded, 99)
-    figures = [
-        Figure("reaction_idle_p99", p99_idle * 1000, "ms", "no uplinks, p99", decimals=3),
-        Figure(
-            "reaction_flooded_p99",
-            p99_flooded * 1000,
-            "ms",
-            f"MQTT + GB/T 26875.3 uplinks flooded with {flood_per_s} events/s, p99",
-            decimals=3,
-        ),
-        Figure(
-            "reaction_flooded_median",
-            median(flooded) * 1000,
-            "ms",
-            "same, median",
-            decimals=3,
-        ),
-        Figure(
-            "reaction_flooded_ratio",
-            p99_flooded / p99_idle,
-            "x",
-            "flooded p99 / idle p99 [target <= 1.10]",
-            decimals=2,
-        ),
-    ]
     for fig in figures:
         emit(out, fig)
     return figures
+
+
+def _flood_figures(
+    tag: str,
+    rt: bool,
+    priority: int,
+    idle: list[float],
+    flooded: list[float],
+    flood_per_s: int,
+    seen: dict[str, Any],
+) -> list[Figure]:
+    how = f"SCHED_FIFO {priority}" if rt else "no real-time priority"
+    p99_idle, p99_flooded = percentile(idle, 99), percentile(flooded, 99)
+    channels = seen.get("uplinks") or {}
+    forwarded = ", ".join(
+        f"{name} connected={state.get('connected')} pending={state.get('pending')}"
+        for name, state in sorted(channels.items())
+    )
+    return [
+        Figure(f"reaction_idle_p99_{tag}", p99_idle * 1000, "ms", f"no uplinks, {how}, p99", 3),
+        Figure(
+            f"reaction_flooded_p99_{tag}",
+            p99_flooded * 1000,
+            "ms",
+            f"uplinks process flooded with {flood_per_s} events/s, {how}, p99 "
+            f"(uplinks at the end: {forwarded or 'no report'})",
+            3,
+        ),
+        Figure(f"reaction_flooded_median_{tag}", median(flooded) * 1000, "ms", "same, median", 3),
+        Figure(
+            f"reaction_flooded_ratio_{tag}",
+            p99_flooded / p99_idle,
+            "x",
+            f"flooded p99 / idle p99, {how}" + (" [target <= 1.10]" if rt else ""),
+            2,
+        ),
+    ]
+
+
+def realtime_priority() -> int:
+    """The safety unit's CPUSchedulingPriority: the bench uses what systemd would."""
+    unit = Path(__file__).resolve().parent.parent / "config/systemd/gasguard-safety.service"
+    for line in unit.read_text(encoding="utf-8").splitlines():
+        if line.startswith("CPUSchedulingPriority="):
+            return int(line.split("=", 1)[1])
+    raise RuntimeError(f"{unit}: no CPUSchedulingPriority")
+
+
+def can_use_realtime(priority: int) -> bool:
+    """Whether this process may take SCHED_FIFO (root, or RLIMIT_RTPRIO)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except OSError:
+        return False
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    return True
+
+
+@contextlib.contextmanager
+def _realtime_threads(priority: int | None) -> Iterator[None]:
+    """Threads started inside the block run at SCHED_FIFO ``priority`` (they inherit it), as
+    systemd starts the safety process; this thread goes back to normal after. Children forked
+    from them do not inherit it (SCHED_RESET_ON_FORK, as the unit's CPUSchedulingResetOnFork)."""
+    if priority is None:
+        yield
+        return
+    os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
+    try:
+        yield
+    finally:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
 
 def _bus_specs() -> list[BusSpec]:
@@ -416,6 +483,9 @@ def _trials(
     trials: int,
     travel_s: float,
     flood_per_s: int = 0,
+    *,
+    realtime: bool = False,
+    seen: dict[str, Any] | None = None,
 ) -> tuple[list[float], list[float], int]:
     factory = MockFactory()
     mechanism = ValveMechanism(
@@ -427,7 +497,8 @@ def _trials(
     from_first: list[float] = []
     out_of_order = 0
     try:
-        controller.start()
+        with _realtime_threads(realtime_priority() if realtime else None):
+            controller.start()
         _wait(controller.first_poll_done.is_set, STEP_TIMEOUT_S, "the first complete poll")
         _reopen(controller, coil)
         flooding = contextlib.ExitStack()
@@ -458,6 +529,8 @@ def _trials(
             from_first.append(closed_at - ends[0])
             _reopen(controller, coil)
         flooding.close()
+        if seen is not None:
+            seen["uplinks"] = controller.status().get("uplinks")
     finally:
         controller.stop()
         mechanism.stop()

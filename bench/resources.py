@@ -1,6 +1,8 @@
-"""(c) The running controller's memory and CPU with 8 detectors polled every 500 ms.
+"""(c) The running safety process's memory and CPU with 8 detectors polled every 500 ms, and the
+uplinks process's memory beside it.
 
-``python -m gateway run --config FILE`` runs as a subprocess, exactly as systemd starts it, with
+``python -m gateway.safety.main --config FILE`` (what ``gasguard-safety`` runs) runs as a
+subprocess, as systemd starts it, with
 ``GPIOZERO_PIN_FACTORY=mock`` (gpiozero mock pins; the valve's feedback pin then reads its pull,
 so the controller reports a valve fault: its sounder and fault light stay on, which costs the
 same as on a site with a fault). The detectors are emulated in another process: 4 generic
@@ -8,8 +10,11 @@ kitchen detectors on a 9600 8N1 bus and 4 Sensepoint XCDs on a 19200 8E1 bus.
 
 After the ``controller.ready`` log line and a warm-up, /proc/PID/stat (utime + stime, every
 thread) and /proc/PID/status (VmRSS, VmHWM) are read over the steady-state window. The
-emulator counts the polls answered in the window, to show the controller was working. Baseline:
-the RSS of a Python that has only imported ``gateway.controller``.
+emulator counts the polls answered in the window, to show the controller was working.
+Baselines: the RSS of a bare Python, and of a Python that has only imported
+``gateway.safety.main`` (with the number of modules that import loads). The uplinks process
+(``python -m gateway.uplinks.main``) runs through the same window with an MQTT channel to a
+mosquitto broker on loopback.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from bench import Figure, emit, note
 from bench.emulator_proc import BusSpec, DetectorSpec, EmulatorProcess
 from bench.procutil import LineReader, ProcSample, child_env, python, sample, stop_child
 from bench.siteconfig import SiteBus, write_site_config
+from bench.uplink_mqtt import Broker
 
 MB = 1_000_000  # figures in MB of 10^6 bytes (stricter against a "40 MB" target than MiB)
 READY_MARK = "event=controller.ready"
@@ -62,13 +68,14 @@ def emulated_buses(per_bus: int) -> list[BusSpec]:
 
 
 class ControllerProcess:
-    """``python -m gateway run --config FILE`` as a child; its output lines are collected by a
-    thread (so a full pipe never stalls it) and ``ready`` is set at ``controller.ready``."""
+    """The safety process (``python -m gateway.safety.main --config FILE``) as a child; its
+    output lines are collected by a thread (so a full pipe never stalls it) and ``ready`` is set
+    at ``controller.ready``."""
 
     def __init__(self, config: Path) -> None:
         self.spawned_at = time.monotonic()
         self.proc = subprocess.Popen(
-            [python(), "-m", "gateway", "run", "--config", str(config)],
+            [python(), "-m", "gateway.safety.main", "--config", str(config)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=config.parent,
@@ -114,10 +121,20 @@ class ControllerProcess:
         return status
 
 
-def import_baseline_rss() -> int:
-    """VmRSS (bytes) of a Python that has imported ``gateway.controller`` and does nothing."""
+def read_pss_bytes(pid: int) -> int:
+    """Pss of ``pid`` from /proc/PID/smaps_rollup (bytes)."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/{pid}/smaps_rollup has no Pss line")
+
+
+def import_baseline_rss(module: str = "gateway.safety.main") -> tuple[int, int]:
+    """VmRSS (bytes) of a Python that imported ``module`` (or nothing, for "") and does nothing,
+    and how many modules it holds."""
+    statement = f"import {module}; " if module else ""
     proc = subprocess.Popen(
-        [python(), "-c", "import sys, gateway.controller; print('imported', flush=True); "
+        [python(), "-c", f"import sys; {statement}print(len(sys.modules), flush=True); "
          "sys.stdin.read()"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -126,9 +143,9 @@ def import_baseline_rss() -> int:
     try:
         assert proc.stdout is not None
         line = LineReader(proc.stdout.fileno(), "import baseline").readline(READY_TIMEOUT_S)
-        if line != "imported":
-            raise RuntimeError(f"import baseline printed {line!r}, expected 'imported'")
-        return sample(proc.pid).rss_bytes
+        if not line.isdigit():
+            raise RuntimeError(f"import baseline printed {line!r}, expected a module count")
+        return sample(proc.pid).rss_bytes, int(line)
     finally:
         if proc.stdin is not None:
             proc.stdin.close()
@@ -155,18 +172,29 @@ def run(
     note(
         out,
         f"(c) resources: {detectors} detectors polled every {poll_period_s:g} s, "
-        f"'python -m gateway run' on mock pins, {window_s:g} s window after "
-        f"{warmup_s:g} s warm-up",
+        f"the safety process on mock pins and the uplinks process (MQTT to a local broker), "
+        f"{window_s:g} s window after {warmup_s:g} s warm-up",
     )
-    baseline = import_baseline_rss()
+    baseline, modules = import_baseline_rss()
+    bare, bare_modules = import_baseline_rss("")
     with (
         tempfile.TemporaryDirectory(prefix="gasguard-bench-") as tmp,
         EmulatorProcess(emulated_buses(per_bus)) as emu,
     ):
+        broker = Broker(Path(tmp))
         config = write_site_config(
-            Path(tmp), site_buses(emu.paths, per_bus), poll_period_s=poll_period_s
+            Path(tmp),
+            site_buses(emu.paths, per_bus),
+            poll_period_s=poll_period_s,
+            extra=f'[uplink.mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\ntls = false\n',
         )
         controller = ControllerProcess(config)
+        uplinks = subprocess.Popen(
+            [python(), "-m", "gateway.uplinks.main", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=child_env(),
+        )
         try:
             controller.wait_ready()
             time.sleep(warmup_s)
@@ -183,6 +211,8 @@ def run(
                     )
                 last = sample(pid)
                 peak_rss = max(peak_rss, last.rss_bytes)
+            pss = read_pss_bytes(pid)
+            uplinks_rss = sample(uplinks.pid).rss_bytes if uplinks.poll() is None else 0
             polls = sum(
                 1
                 for bus in range(len(BUSES))
@@ -191,14 +221,40 @@ def run(
             )
         finally:
             controller.stop()
+            stop_child(uplinks)
+            broker.stop()
+    if uplinks_rss == 0:
+        raise RuntimeError("the uplinks process exited during the window")
     span = last.at - first.at
     figures = [
         Figure(
             "resources_rss",
             last.rss_bytes / MB,
             "MB",
-            "controller VmRSS at the end of the window, MB of 10^6 bytes [target <= 40 MB]",
+            "safety process VmRSS at the end of the window, MB of 10^6 bytes [target <= 20 MB]",
             decimals=1,
+        ),
+        Figure(
+            "resources_pss",
+            pss / MB,
+            "MB",
+            "safety process proportional set size (shared libraries split among their users)",
+            decimals=1,
+        ),
+        Figure(
+            "resources_uplinks_rss",
+            uplinks_rss / MB,
+            "MB",
+            "uplinks process VmRSS at the end of the window (MQTT channel connected)",
+            decimals=1,
+        ),
+        Figure(
+            "resources_modules",
+            modules,
+            "modules",
+            f"modules in sys.modules after importing gateway.safety.main (a bare Python: "
+            f"{bare_modules})",
+            decimals=0,
         ),
         Figure(
             "resources_rss_window_max",
@@ -218,7 +274,7 @@ def run(
             "resources_cpu",
             (last.cpu_s - first.cpu_s) / span * 100,
             "%",
-            "controller CPU (user + system, all threads) in % of one core [target <= 3 %]",
+            "safety process CPU (user + system, all threads) in % of one core [target <= 3 %]",
         ),
         Figure(
             "resources_polls_per_s",
@@ -231,14 +287,21 @@ def run(
             "resources_import_rss_baseline",
             baseline / MB,
             "MB",
-            "baseline: VmRSS of a Python that only imported gateway.controller",
+            "baseline: VmRSS of a Python that only imported gateway.safety.main",
+            decimals=1,
+        ),
+        Figure(
+            "resources_python_rss_baseline",
+            bare / MB,
+            "MB",
+            "baseline: VmRSS of a bare Python (this interpreter, nothing imported)",
             decimals=1,
         ),
         Figure(
             "resources_rss_vs_import",
             last.rss_bytes / baseline,
             "x",
-            "controller VmRSS / that baseline",
+            "safety process VmRSS / the import baseline",
         ),
     ]
     for fig in figures:

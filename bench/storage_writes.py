@@ -1,7 +1,7 @@
 """Storage that lasts: bytes the controller writes to the SD card per hour with 8 detectors
 polled every 500 ms, in steady state and per stored event.
 
-``python -m gateway run --config FILE`` runs as a subprocess, exactly as systemd starts it
+The safety process (``python -m gateway.safety.main --config FILE``) runs as a subprocess
 (mock pins), against 4 generic kitchen detectors on a 9600 8N1 bus and 4 Sensepoint XCDs on a
 19200 8E1 bus emulated in another process. After READY and a warm-up (the start-up events are
 stored then), the window measures:
@@ -106,7 +106,7 @@ def run(
     note(
         out,
         f"storage: {detectors} detectors polled every {poll_period_s:g} s, "
-        f"'python -m gateway run' on mock pins; steady window {window_s:g} s after "
+        f"the safety process on mock pins; steady window {window_s:g} s after "
         f"{warmup_s:g} s warm-up, then {event_window_s:g} s of alarms raised and cleared",
     )
     with (

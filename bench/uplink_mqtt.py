@@ -29,11 +29,12 @@ from typing import TextIO
 
 from bench import Figure, emit, median, note, percentile
 from gateway.core.model import Event
+from gateway.paths import outbox_db
 from gateway.store.events import StoredEvent
 from gateway.store.recorder import Recorder, RecorderItem
 from gateway.uplinks.context import UplinkContext
 from gateway.uplinks.mqtt import MqttChannel, MqttConfig
-from gateway.uplinks.outbox import Outbox, outbox_path
+from gateway.uplinks.outbox import Outbox
 from gateway.uplinks.receive import ReceivingCentre
 
 SITE = "bench-site"
@@ -95,7 +96,7 @@ def _context(inbox: queue.SimpleQueue[RecorderItem]) -> UplinkContext:
 def measure_latency(workdir: Path, port: int, alarms: int) -> list[float]:
     """Seconds from each alarm entering the recorder's queue to its ack stored at the gateway."""
     inbox: queue.SimpleQueue[RecorderItem] = queue.SimpleQueue()
-    outbox = Outbox(outbox_path(workdir), SITE, ["mqtt"])
+    outbox = Outbox(outbox_db(workdir), SITE, ["mqtt"])
     recorder = Recorder(workdir / "events.db", 10_000, inbox)
     recorder.subscribe(outbox.add)
     recorder.start()
@@ -133,7 +134,7 @@ def measure_latency(workdir: Path, port: int, alarms: int) -> list[float]:
 def measure_replay(workdir: Path, port: int, events: int) -> float:
     """Seconds to deliver ``events`` queued events once the channel starts."""
     inbox: queue.SimpleQueue[RecorderItem] = queue.SimpleQueue()
-    outbox = Outbox(outbox_path(workdir), SITE, ["mqtt"], max_rows=max(1000, events))
+    outbox = Outbox(outbox_db(workdir), SITE, ["mqtt"], max_rows=max(1000, events))
     now = time.time()
     outbox.add_many(
         StoredEvent(seq, now, "alarm.raised" if seq % 10 == 0 else "fault.raised", "wok-1", {})

@@ -1,6 +1,7 @@
 """The ``gasguard`` command.
 
-gasguard run --config FILE          run the controller (on the Pi, under systemd)
+gasguard run --config FILE          run the safety process (systemd: gasguard-safety)
+gasguard uplinks --config FILE      run the uplinks process (systemd: gasguard-uplinks)
 gasguard check-config FILE          validate a config; every error with key, value, range
 gasguard status [--json]            ask the running controller
 gasguard events [--json]            print the event log (works with the controller stopped)
@@ -14,38 +15,36 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gateway import log
-from gateway.api.control import ControlClient, ControlError
-from gateway.api.render import render_events, render_status
-from gateway.appliance.cli import add_parsers as add_appliance_parsers
-from gateway.appliance.heartbeat import attach as attach_systemd
-from gateway.appliance.notify import NotifyError
-from gateway.config import Config, load_config
-from gateway.console.api import register as register_console
-from gateway.console.cli import add_parser as add_console_parser
-from gateway.controller import Controller, events_db
-from gateway.store.events import EventStore, EventStoreError
-from gateway.uplinks.gb26875.centre import add_parser as add_gb_centre_parser
-from gateway.uplinks.receive import add_parser as add_receive_parser
-from gateway.validate import ConfigError
+# Only what every subcommand needs at the top: ``gasguard run`` must not load the others.
+from gateway.paths import events_db
+
+if TYPE_CHECKING:
+    from gateway.config import Config
 
 DEFAULT_CONFIG = Path("/etc/gasguard/gasguard.toml")
 
 
 def _load(path: Path) -> Config | None:
-    try:
-        return load_config(path)
-    except ConfigError as e:
-        print(f"{path}: {len(e.problems)} problem(s), config not used:", file=sys.stderr)
-        for p in e.problems:
-            print(f"  {p}", file=sys.stderr)
-        return None
+    from gateway.safety.main import load_or_explain
+
+    return load_or_explain(path)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from gateway.uplinks.config import uplink_config
+    from gateway.validate import ConfigError
+
     cfg = _load(args.file)
     if cfg is None:
+        return 1
+    try:
+        uplinks = uplink_config(cfg)
+    except ConfigError as e:
+        print(f"{args.file}: {len(e.problems)} problem(s), config not used:", file=sys.stderr)
+        for p in e.problems:
+            print(f"  {p}", file=sys.stderr)
         return 1
     print(f"{args.file}: OK")
     print(f"  site {cfg.site.id} ({cfg.site.name})")
@@ -67,27 +66,20 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"  poll every {t.poll_period_s:g} s, comm fault after {t.comm_fault_timeout_s:g} s, "
         f"alarm confirmed by {t.confirm_count} readings"
     )
+    print(f"  uplinks: {', '.join(uplinks.channels()) or 'none'}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    log.setup()
-    cfg = _load(args.config)
-    if cfg is None:
-        return 1
-    controller = Controller(cfg)
-    register_console(controller)  # the console's record and scan commands on the socket
-    try:
-        # READY=1 after the first complete poll; WATCHDOG=1 only from the safety thread.
-        link = attach_systemd(controller)
-    except NotifyError as e:
-        print(f"gasguard run: {e}", file=sys.stderr)
-        return 1
-    try:
-        return controller.run()
-    finally:
-        link.stopping()
-        link.close()
+    from gateway.safety.main import run
+
+    return run(args.config)
+
+
+def cmd_uplinks(args: argparse.Namespace) -> int:
+    from gateway.uplinks.main import run
+
+    return run(args.config)
 
 
 def _socket(args: argparse.Namespace) -> Path | None:
@@ -98,6 +90,9 @@ def _socket(args: argparse.Namespace) -> Path | None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from gateway.api.control import ControlClient, ControlError
+    from gateway.api.render import render_status
+
     path = _socket(args)
     if path is None:
         return 1
@@ -114,6 +109,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
+    from gateway.api.render import render_events
+    from gateway.store.events import EventStore, EventStoreError
+
     if args.db is not None:
         db = Path(args.db)
     else:
@@ -149,15 +147,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gateway.appliance.cli import add_parsers as add_appliance_parsers
+    from gateway.console.cli import add_parser as add_console_parser
+    from gateway.uplinks.gb26875.centre import add_parser as add_gb_centre_parser
+    from gateway.uplinks.receive import add_parser as add_receive_parser
+
     p = argparse.ArgumentParser(
         prog="gasguard",
         description="Gas-safety controller for restaurant kitchens.",
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("run", help="run the controller")
+    s = sub.add_parser("run", help="run the safety process (gas detection, valves)")
     s.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("uplinks", help="run the uplinks process (centres, SMS)")
+    s.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    s.set_defaults(func=cmd_uplinks)
 
     s = sub.add_parser("check-config", help="validate a configuration file")
     s.add_argument("file", type=Path)
@@ -198,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:
+        # The safety process: parsed by its own module, so that it never imports the network
+        # and console modules this command's other subcommands bring in.
+        from gateway.safety.main import main as safety_main
+
+        return safety_main(argv[1:])
     args = build_parser().parse_args(argv)
     if getattr(args, "limit", 1) < 1:
         print("gasguard events: --limit must be at least 1", file=sys.stderr)

@@ -21,12 +21,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from gateway.core.model import DetectorPlan, Gas, SafetyPlan, ValvePlan
+from gateway.paths import default_control_socket
 from gateway.profiles import Profile, default_profiles_dir, load_profiles
 from gateway.rtu import read_exchange_time
-from gateway.uplinks.gb26875.config import parse_gb26875_config
-from gateway.uplinks.manager import UplinkConfig
-from gateway.uplinks.mqtt.config import parse_mqtt_config
-from gateway.uplinks.sms.config import parse_sms_config
 from gateway.validate import Checker, ConfigError, read_toml
 
 BAUD_RATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
@@ -117,7 +114,10 @@ class Config:
     data_dir: Path
     event_capacity: int
     control_socket: Path
-    uplink: UplinkConfig = field(default_factory=UplinkConfig)
+    # ``[uplink]`` as written: the uplinks process parses and validates it
+    # (``gateway.uplinks.config``); the safety process never reads it, so a mistake there can
+    # never stop gas detection.
+    uplink_table: dict[str, Any] = field(default_factory=dict)
 
     def plan(self) -> SafetyPlan:
         """What the safety core enforces."""
@@ -322,9 +322,12 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
         control_t = {}
     c.known_keys(control_t, "control", ("socket",))
     sock = c.string(control_t, "control.socket", required=False, default="")
-    control_socket = base / sock if sock else data_dir / "control.sock"
+    control_socket = base / sock if sock else default_control_socket(data_dir)
 
-    uplink = _uplink(c, data)
+    uplink_table = data.get("uplink", {})
+    if not isinstance(uplink_table, dict):
+        c.bad("uplink", uplink_table, "a table with mqtt, gb26875 and sms tables")
+        uplink_table = {}
 
     if not detectors and not c.problems:
         c.bad("detector", [], "at least one [[detector]]")
@@ -343,27 +346,7 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
         data_dir=data_dir,
         event_capacity=event_capacity,
         control_socket=control_socket,
-        uplink=uplink,
-    )
-
-
-def _uplink(c: Checker, data: dict[str, Any]) -> UplinkConfig:
-    """``[uplink.mqtt]``, ``[uplink.gb26875]``, ``[uplink.sms]``: each optional."""
-    table = data.get("uplink", {})
-    if not isinstance(table, dict):
-        c.bad("uplink", table, "a table with mqtt, gb26875 and sms tables")
-        return UplinkConfig()
-    c.known_keys(table, "uplink", ("mqtt", "gb26875", "sms"))
-    return UplinkConfig(
-        mqtt=parse_mqtt_config(c.table(table, "uplink.mqtt"), c, "uplink.mqtt")
-        if "mqtt" in table
-        else None,
-        gb26875=parse_gb26875_config(c.table(table, "uplink.gb26875"), c, "uplink.gb26875")
-        if "gb26875" in table
-        else None,
-        sms=parse_sms_config(c.table(table, "uplink.sms"), c, "uplink.sms")
-        if "sms" in table
-        else None,
+        uplink_table=uplink_table,
     )
 
 

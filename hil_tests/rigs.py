@@ -16,6 +16,8 @@ config the rig writes for the scenario.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -27,8 +29,8 @@ from gpiozero import Factory
 from gpiozero.pins.mock import MockFactory
 
 from gateway.config import Config, load_config
-from gateway.controller import Controller
 from gateway.profiles import default_profiles_dir
+from gateway.safety.controller import Controller
 from gateway.store.events import EventStore
 from hil_tests.firmware_host import HostFirmware, load
 from hil_tests.fixture_client import FixtureClient
@@ -155,6 +157,16 @@ class Gateway:
         self._pin_factory = pin_factory
         self._simulated = simulated
         self.controller = self._new()
+        # The uplinks run as on a site: their own process, reading the event log.
+        self.uplinks: subprocess.Popen[bytes] | None = None
+        if config.uplink_table:
+            log = open(config.data_dir / "uplinks.log", "ab")  # noqa: SIM115 (lives with the child)
+            self.uplinks = subprocess.Popen(
+                [sys.executable, "-m", "gateway.uplinks.main", "--config", str(config.path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            log.close()
 
     def _new(self) -> Controller:
         controller = Controller(
@@ -168,6 +180,13 @@ class Gateway:
         self.controller = self._new()
 
     def stop(self) -> None:
+        if self.uplinks is not None:
+            self.uplinks.terminate()
+            try:
+                self.uplinks.wait(10)
+            except subprocess.TimeoutExpired:
+                self.uplinks.kill()
+                self.uplinks.wait()
         self.controller.stop()
 
     def status(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from gpiozero.pins.mock import MockFactory
@@ -121,19 +122,20 @@ def test_outputs_start_off(factory: MockFactory, ann: Annunciator) -> None:
 def test_steady_on_and_off_and_the_sounder_follow_show(
     factory: MockFactory, ann: Annunciator
 ) -> None:
+    # The sounder is written at once; the lights by the annunciator's light thread, promptly.
     ann.show(False, Light.OFF, Light.OFF, Light.ON)
-    assert history(factory, GREEN) == [False, True]
+    assert wait_until(lambda: history(factory, GREEN) == [False, True], 1.0)
     assert history(factory, SOUNDER) == [False]
 
     ann.show(True, Light.ON, Light.OFF, Light.ON)
     assert history(factory, SOUNDER) == [False, True]
-    assert history(factory, RED) == [False, True]
+    assert wait_until(lambda: history(factory, RED) == [False, True], 1.0)
 
     ann.show(False, Light.OFF, Light.ON, Light.OFF)
     assert history(factory, SOUNDER) == [False, True, False]
+    assert wait_until(lambda: history(factory, GREEN) == [False, True, False], 1.0)
     assert history(factory, RED) == [False, True, False]
     assert history(factory, YELLOW) == [False, True]
-    assert history(factory, GREEN) == [False, True, False]
     state = ann.pin_states()
     assert (state.sounder, state.red, state.yellow, state.green) == (
         False,
@@ -168,13 +170,14 @@ def test_a_flashing_light_turned_steady_stops_flashing(
     ann.show(False, Light.FLASH_ALARM, Light.OFF, Light.OFF)
     assert wait_until(lambda: len(factory.pin(RED).states) >= 3)  # on, then off
     ann.show(False, Light.ON, Light.OFF, Light.OFF)
-    assert factory.pin(RED).state
+    assert wait_until(lambda: bool(factory.pin(RED).state), 1.0)
+    time.sleep(0.05)
     changes = len(factory.pin(RED).states)
     time.sleep(0.7)  # longer than a flash phase
     assert len(factory.pin(RED).states) == changes
     assert factory.pin(RED).state
     ann.show(False, Light.OFF, Light.OFF, Light.OFF)
-    assert not factory.pin(RED).state
+    assert wait_until(lambda: not factory.pin(RED).state, 1.0)
     changes = len(factory.pin(RED).states)
     time.sleep(0.7)
     assert len(factory.pin(RED).states) == changes
@@ -182,9 +185,12 @@ def test_a_flashing_light_turned_steady_stops_flashing(
 
 def test_repeated_show_touches_no_pin(factory: MockFactory, ann: Annunciator) -> None:
     ann.show(True, Light.ON, Light.OFF, Light.ON)
+    assert wait_until(lambda: history(factory, GREEN) == [False, True], 1.0)
+    time.sleep(0.05)
     before = {pin: history(factory, pin) for pin in OUTPUTS}
     for _ in range(5):
         ann.show(True, Light.ON, Light.OFF, Light.ON)
+    time.sleep(0.1)
     assert {pin: history(factory, pin) for pin in OUTPUTS} == before
 
 
@@ -313,3 +319,39 @@ def test_a_pin_used_twice_is_a_setup_error_and_releases_everything(factory: Mock
         assert factory.pin(pin).function == "input"
         assert history(factory, pin) == [False]
     Annunciator(ann_cfg(), lambda: None, lambda: None, pin_factory=factory).close()
+
+
+def test_show_never_waits_for_the_light_thread(factory: MockFactory, ann: Annunciator) -> None:
+    """The safety thread's call returns while the light thread cannot run: here it is held
+    inside a pin write until the test lets it go (gpiozero's blink() would join it)."""
+    entered = threading.Event()
+    release = threading.Event()
+    red = factory.pin(RED)
+    cls = type(red)
+    original = cls._set_state
+
+    def held_write(pin: Any, value: Any) -> None:
+        if pin is red:
+            entered.set()
+            release.wait(30)
+        original(pin, value)
+
+    cls._set_state = held_write
+    try:
+        ann.show(False, Light.FLASH_ALARM, Light.OFF, Light.OFF)
+        assert entered.wait(2), "the light thread never wrote the red light"
+
+        def safety_thread() -> None:
+            for light in (Light.ON, Light.OFF, Light.FLASH_ALARM, Light.ON):
+                ann.show(True, light, Light.FLASH_FAULT, Light.ON)
+
+        caller = threading.Thread(target=safety_thread)
+        caller.start()
+        caller.join(10)  # a deadlock guard, not a timing: it returns as soon as it ran
+        returned_while_held = not caller.is_alive() and not release.is_set()
+        assert factory.pin(SOUNDER).state  # the sounder was written at once
+    finally:
+        release.set()
+        cls._set_state = original
+    assert returned_while_held
+    assert wait_until(lambda: bool(red.state), 2.0)  # and the lights caught up

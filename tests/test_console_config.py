@@ -27,6 +27,7 @@ from gateway.console.configedit import (
     set_table,
 )
 from gateway.profiles import default_profiles_dir
+from gateway.uplinks.config import uplink_config
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "gasguard.example.toml"
 
@@ -197,8 +198,9 @@ def test_uplink_settings_are_checked_and_need_a_restart(config_path: Path) -> No
     )
     prepared = editor.prepare()
     assert prepared.restart == ("uplink",)
-    assert prepared.config.uplink.sms is not None
-    assert prepared.config.uplink.sms.numbers == ("+8613800000000",)
+    sms = uplink_config(prepared.config).sms
+    assert sms is not None
+    assert sms.numbers == ("+8613800000000",)
 
 
 def test_stale_temporaries_of_a_killed_apply_are_cleared(config_path: Path) -> None:

@@ -4,7 +4,7 @@ Import the fixtures with ``from tests.test_console_kit import site_fixture  # no
 pytest names are ``site``, ``module_site`` and ``pty_console``.
 
 * ``site`` / ``module_site``: a simulated kitchen (emulated Modbus buses on real ptys, mock GPIO
-  pins) and a real Controller with the console's control commands registered. Detector
+  pins) and a real Controller (its control socket has the console's commands). Detector
   ``wok-3`` is installed on bus0 (address 3) but not in the configuration: a scan finds it.
   Technician ``tech-7`` (PIN 246810) exists.
 * ``PtyConsole``: the real console ``Session`` serving a real pseudo-terminal through pyserial
@@ -28,12 +28,11 @@ from typing import Any
 import pytest
 
 from gateway.config import Config, load_config
-from gateway.console.api import register
 from gateway.console.auth import Technicians
 from gateway.console.session import Session
 from gateway.console.store import ConsoleStore
 from gateway.console.terminal import Hangup, SerialTerminal
-from gateway.controller import Controller
+from gateway.safety.controller import Controller
 from gateway.sim.kitchen import SimBus, SimDetector, SimulatedKitchen
 from gateway.store.events import EventStore, StoredEvent
 
@@ -107,7 +106,6 @@ def _start_site(workdir: Path, comm_fault_timeout_s: float = 3.0) -> Site:
     with ConsoleStore(config.data_dir) as store:
         Technicians(store).add(TECH, PIN, created_by="test-setup")
     controller = Controller(config, pin_factory=kitchen.factory, simulated=True)
-    register(controller, hazard_watch=False)
     controller.start()
     assert controller.first_poll_done.wait(5)
     return Site(kitchen, controller, kitchen.config_path, config.data_dir)

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from gateway.api.control import ControlClient, ControlError
-from gateway.console.api import HazardWatch
+from gateway.api.records import RecordError, check_record
 from gateway.console.auth import (
     LOCKOUT_S,
     MAX_FAILURES,
@@ -41,11 +41,13 @@ from gateway.console.commissioning import (
     signature_ok,
 )
 from gateway.console.hazards import HazardError, HazardLedger, hazard_id, parse_deadline
+from gateway.console.hazardwatch import watch_site
 from gateway.console.link import ControllerLink
-from gateway.console.records import RecordError, check_record
-from gateway.console.store import ConsoleStore, console_db, site_key
+from gateway.console.store import ConsoleStore, site_key
 from gateway.console.uplinktest import run_uplink_test
-from gateway.uplinks.outbox import Outbox, outbox_path
+from gateway.paths import console_db, events_db, outbox_db
+from gateway.uplinks.outbox import Outbox
+from gateway.uplinks.service import EventFollower
 from tests.test_console_kit import (  # noqa: F401  (site_fixture is a pytest fixture)
     PIN,
     TECH,
@@ -299,7 +301,7 @@ def test_hazard_watch_reports_overdue_hazards_from_the_controller(site: Site) ->
             opened_by=TECH,
             record_id=None,
         )
-    watch = HazardWatch(site.controller)
+    watch = watch_site(site.config().path)  # as the console service runs it
     assert watch.check() == 1
     assert watch.check() == 0
     overdue = [e for e in site.events() if e.kind == "hazard.overdue"]
@@ -319,10 +321,11 @@ class _IO:
 
 
 def test_uplink_test_waits_for_each_channels_acknowledgement(site: Site) -> None:
-    outbox = Outbox(outbox_path(site.data_dir), "SIM-KITCHEN-01", ["mqtt", "gb26875"])
-    recorder = site.controller.recorder
-    assert recorder is not None
-    recorder.subscribe(outbox.add)
+    # The uplinks process's part: its outbox follows the event log; no channel runs, the
+    # receiver below plays MQTT's and the GB centre never answers.
+    outbox = Outbox(outbox_db(site.data_dir), "SIM-KITCHEN-01", ["mqtt", "gb26875"])
+    follower = EventFollower(events_db(site.data_dir), outbox)
+    follower.start()
     stop = threading.Event()
 
     def mqtt_receiver() -> None:  # acknowledges what reaches it; the GB centre never does
@@ -349,6 +352,8 @@ def test_uplink_test_waits_for_each_channels_acknowledgement(site: Site) -> None
     finally:
         stop.set()
         thread.join(2)
+        follower.stopping.set()
+        follower.join(2)
         outbox.close()
     assert any(line.startswith("  mqtt: acknowledged by the receiver after") for line in lines)
     assert "  gb26875: NO acknowledgement within 2 s" in lines

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from gateway.api.control import ControlClient
-from gateway.controller import Controller
 from gateway.core.model import Level
+from gateway.safety.controller import Controller
 from gateway.sim.kitchen import SimBus, SimDetector, SimulatedKitchen
 from gateway.store.events import EventStore
 

@@ -26,8 +26,8 @@ from gateway.appliance.doctor import (
 )
 from gateway.appliance.install import PiModel
 from gateway.config import BusConfig
-from gateway.controller import Controller
 from gateway.core.model import Event
+from gateway.safety.controller import Controller
 from gateway.sim.kitchen import SimBus, SimDetector, SimulatedKitchen
 from gateway.store.events import EventStore
 

@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 
 from gateway.appliance.install import (
-    EVENTS_DB,
     Installer,
     InstallError,
     Layout,
@@ -35,7 +34,7 @@ from gateway.appliance.install import (
     uart_advice,
 )
 from gateway.appliance.notify import NotifyListener
-from gateway.controller import EVENTS_DB as CONTROLLER_EVENTS_DB
+from gateway.paths import EVENTS_DB
 from gateway.sim.kitchen import SimBus, SimDetector, SimulatedKitchen
 from gateway.store.events import EventStore
 
@@ -48,7 +47,7 @@ from pathlib import Path
 from gateway import log
 from gateway.appliance.heartbeat import attach
 from gateway.config import load_config
-from gateway.controller import Controller
+from gateway.safety.controller import Controller
 log.setup()
 controller = Controller(load_config(Path(sys.argv[2])), simulated=True)
 link = attach(controller)
@@ -204,23 +203,25 @@ def test_first_install_into_a_prefix(tmp_path: Path) -> None:
     assert os.readlink(L.current) == "versions/0.1.0"
     assert (L.versions_dir / "0.1.0").resolve() == venv.resolve()
     assert os.readlink(L.bin_link) == "/opt/gasguard/current/bin/gasguard"
-    # The config: the example, readable by its owner only.
+    # The config: the example, readable by its owner and its group (the uplinks read it).
     cfg = L.config_file
     assert cfg.read_bytes() == (REPO / "config/gasguard.example.toml").read_bytes()
-    assert stat.S_IMODE(cfg.stat().st_mode) == 0o600
+    assert stat.S_IMODE(cfg.stat().st_mode) == 0o640  # the uplinks' user reads it (group)
     shipped = sorted(p.name for p in (REPO / "config/profiles").glob("*.toml"))
     assert sorted(p.name for p in L.profiles_dir.glob("*.toml")) == shipped
     assert L.state_dir.is_dir() and stat.S_IMODE(L.state_dir.stat().st_mode) == 0o750
     for path in (
-        "etc/systemd/system/gasguard.service",
+        "etc/systemd/system/gasguard-safety.service",
+        "etc/systemd/system/gasguard-uplinks.service",
         "etc/systemd/system/gasguard-console@.service",
         "etc/systemd/system.conf.d/gasguard-watchdog.conf",
         "etc/systemd/journald.conf.d/gasguard.conf",
         "etc/udev/rules.d/99-gasguard-serial.rules",
     ):
         assert (prefix / path).is_file(), path
-    unit = (prefix / "etc/systemd/system/gasguard.service").read_text()
-    assert unit == (REPO / "config/systemd/gasguard.service").read_text()
+    unit = (prefix / "etc/systemd/system/gasguard-safety.service").read_text()
+    assert unit == (REPO / "config/systemd/gasguard-safety.service").read_text()
+    assert (L.state_dir / "uplinks").is_dir()  # the uplinks' own writable directory
     # Nothing system-wide was attempted in a prefix, and the person is told so.
     assert "skip    user and groups" in out and "would create system user 'gasguard'" in out
     assert "skip    udevadm reload, systemctl daemon-reload" in out
@@ -306,7 +307,7 @@ def test_upgrade_keeps_config_and_data_and_switches(
     L, service = site
     config_before = L.config_file.read_bytes()
     db = L.events_db()
-    assert db == L.etc_dir / "data" / EVENTS_DB and EVENTS_DB == CONTROLLER_EVENTS_DB
+    assert db == L.etc_dir / "data" / EVENTS_DB
     rc, out = install(L.prefix, fake_venv(tmp_path, "0.2.0"), service)
     assert rc == 0, out
     assert os.readlink(L.current) == "versions/0.2.0"

@@ -20,7 +20,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.controller import Controller
+from gateway.paths import outbox_db
+from gateway.safety.controller import Controller
 from gateway.sim.kitchen import SimBus, SimDetector, SimulatedKitchen
 from gateway.store.events import EventStore
 from gateway.uplinks.mqtt import MqttChannel, MqttConfig, parse_mqtt_config
@@ -34,7 +35,7 @@ from gateway.uplinks.mqtt.schema import (
     parse_command,
     parse_event,
 )
-from gateway.uplinks.outbox import Outbox, OutboxItem, outbox_path
+from gateway.uplinks.outbox import Outbox, OutboxItem
 from gateway.uplinks.receive import ReceivingCentre
 from gateway.validate import Checker
 from tests.uplink_fixtures import (  # noqa: F401  (the *_fixture names are pytest fixtures)
@@ -396,7 +397,7 @@ def test_broker_outage_during_a_leak_every_event_arrives_once_in_order(
         controller.start()
         assert controller.recorder is not None
         cfg = kitchen.config()
-        outbox = Outbox(outbox_path(cfg.data_dir), cfg.site.id, ["mqtt"])
+        outbox = Outbox(outbox_db(cfg.data_dir), cfg.site.id, ["mqtt"])
         controller.recorder.subscribe(outbox.add)
         with EventStore.open_readonly(controller.events_path) as reader:
             outbox.catch_up(reader)
@@ -468,14 +469,15 @@ GATEWAY_SCRIPT = textwrap.dedent(
     from gateway.store.recorder import Recorder
     from gateway.uplinks.context import UplinkContext
     from gateway.uplinks.mqtt import MqttChannel, MqttConfig
-    from gateway.uplinks.outbox import Outbox, outbox_path
+    from gateway.paths import outbox_db
+    from gateway.uplinks.outbox import Outbox
 
     data, port, produce = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     data.mkdir(exist_ok=True)
     events = data / "events.db"
     EventStore(events).close()
     inbox = queue.SimpleQueue()
-    box = Outbox(outbox_path(data), "hz-001", ["mqtt"])
+    box = Outbox(outbox_db(data), "hz-001", ["mqtt"])
     with EventStore.open_readonly(events) as reader:
         box.catch_up(reader)
     recorder = Recorder(events, 999, inbox)

@@ -20,9 +20,9 @@ from gateway.appliance.notify import (
     NotifyListener,
     watchdog_interval_s,
 )
-from gateway.controller import Controller
 from gateway.core.model import Level
 from gateway.core.safety import CoreView, DetectorView, ValveView
+from gateway.safety.controller import Controller
 from gateway.sim.kitchen import SimBus, SimDetector, SimulatedKitchen
 
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 
 from gateway.core.model import Event
+from gateway.paths import outbox_db
 from gateway.store.events import EventStore, StoredEvent
 from gateway.uplinks.outbox import (
     MIN_MAX_ROWS,
     Outbox,
     OutboxError,
     is_alarm_class,
-    outbox_path,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ def rows(path: Path, table: str) -> int:
 
 @pytest.fixture
 def box(tmp_path: Path) -> Outbox:
-    return Outbox(outbox_path(tmp_path), "hz-001", ["mqtt", "gb26875"])
+    return Outbox(outbox_db(tmp_path), "hz-001", ["mqtt", "gb26875"])
 
 
 def test_alarm_class_kinds() -> None:
@@ -108,7 +108,7 @@ def test_an_event_is_taken_in_once(box: Outbox) -> None:
 
 
 def test_everything_survives_closing_and_reopening(tmp_path: Path) -> None:
-    path = outbox_path(tmp_path)
+    path = outbox_db(tmp_path)
     box = Outbox(path, "hz-001", ["mqtt", "sms"])
     for seq in range(1, 6):
         box.add(ev(seq, "fault.raised" if seq == 4 else "operator.silence"))
@@ -122,7 +122,7 @@ def test_everything_survives_closing_and_reopening(tmp_path: Path) -> None:
 
 
 def test_a_new_channel_gets_what_is_waiting_and_a_removed_one_is_forgotten(tmp_path: Path) -> None:
-    path = outbox_path(tmp_path)
+    path = outbox_db(tmp_path)
     box = Outbox(path, "hz-001", ["mqtt", "gb26875"])
     for seq in (1, 2):
         box.add(ev(seq))
@@ -139,7 +139,7 @@ def test_a_new_channel_gets_what_is_waiting_and_a_removed_one_is_forgotten(tmp_p
 
 
 def test_bounds_drop_only_non_alarm_events(tmp_path: Path) -> None:
-    box = Outbox(outbox_path(tmp_path), "hz-001", ["mqtt"], max_rows=MIN_MAX_ROWS)
+    box = Outbox(outbox_db(tmp_path), "hz-001", ["mqtt"], max_rows=MIN_MAX_ROWS)
     # 600 alarm-class and 900 others, interleaved: 500 over the bound.
     events = [
         ev(seq, "alarm.raised" if seq % 5 in (0, 2) else "controller.started")
@@ -160,14 +160,14 @@ def test_bounds_drop_only_non_alarm_events(tmp_path: Path) -> None:
 
 
 def test_alarm_class_events_are_kept_beyond_the_bound(tmp_path: Path) -> None:
-    box = Outbox(outbox_path(tmp_path), "hz-001", ["mqtt"], max_rows=MIN_MAX_ROWS)
+    box = Outbox(outbox_db(tmp_path), "hz-001", ["mqtt"], max_rows=MIN_MAX_ROWS)
     box.add_many([ev(seq, "fault.raised") for seq in range(1, MIN_MAX_ROWS + 201)])
     assert box.pending("mqtt") == MIN_MAX_ROWS + 200
     assert box.dropped == 0
 
 
 def test_max_age_drops_old_non_alarm_events_only(tmp_path: Path) -> None:
-    path = outbox_path(tmp_path)
+    path = outbox_db(tmp_path)
     box = Outbox(path, "hz-001", ["mqtt"], max_age_s=3600)
     box.add_many([ev(1, "alarm.raised"), ev(2, "controller.started"), ev(3, "config.applied")])
     box.close()
@@ -188,7 +188,7 @@ def test_watchers_are_told_after_the_event_is_stored(box: Outbox) -> None:
 
 
 def test_a_failing_write_keeps_the_events_in_order_and_writes_them_later(tmp_path: Path) -> None:
-    path = outbox_path(tmp_path)
+    path = outbox_db(tmp_path)
     box = Outbox(path, "hz-001", ["mqtt"], busy_timeout_s=0.05)
     box.add(ev(1))
     blocker = sqlite3.connect(path, isolation_level=None)
@@ -212,7 +212,7 @@ def test_catch_up_takes_what_the_event_log_has_and_the_outbox_missed(tmp_path: P
         seqs = store.append_many(
             [(time.time(), Event("alarm.raised", f"wok-{i}", 0.0, {"i": i})) for i in range(6)]
         )
-    path = outbox_path(tmp_path)
+    path = outbox_db(tmp_path)
     box = Outbox(path, "hz-001", ["mqtt"])
     with EventStore.open_readonly(log_path) as reader:
         stored = reader.since(0)
@@ -235,10 +235,10 @@ def test_catch_up_racing_the_live_subscription_loses_nothing_and_resends_nothing
         store.append_many([(time.time(), Event("alarm.raised", "wok-1", 0.0)) for _ in range(5)])
     with EventStore.open_readonly(log_path) as reader:
         stored = reader.since(0)
-    box = Outbox(outbox_path(tmp_path), "hz-001", ["mqtt"])
+    box = Outbox(outbox_db(tmp_path), "hz-001", ["mqtt"])
     box.add(stored[0])
     box.close()
-    box = Outbox(outbox_path(tmp_path), "hz-001", ["mqtt"])
+    box = Outbox(outbox_db(tmp_path), "hz-001", ["mqtt"])
     # The recorder already delivered 4 and 5 live, and 4 was acknowledged, before catch_up ran.
     box.add(stored[3])
     box.add(stored[4])
@@ -254,7 +254,7 @@ def test_a_fresh_outbox_takes_only_the_last_day_of_the_event_log(tmp_path: Path)
     with EventStore(log_path) as store:
         store.append(now - 3 * 86400, Event("alarm.raised", "old", 0.0))
         store.append(now - 60, Event("alarm.raised", "recent", 0.0))
-    box = Outbox(outbox_path(tmp_path), "hz-001", ["mqtt"])
+    box = Outbox(outbox_db(tmp_path), "hz-001", ["mqtt"])
     assert box.fresh
     with EventStore.open_readonly(log_path) as reader:
         assert box.catch_up(reader) == 1
@@ -264,7 +264,7 @@ def test_a_fresh_outbox_takes_only_the_last_day_of_the_event_log(tmp_path: Path)
 def test_events_survive_sigkill_of_the_writer(tmp_path: Path) -> None:
     """A child adds events and prints each seq once ``add`` returned; it is SIGKILLed mid-run.
     Every seq it reported must be in the outbox afterwards."""
-    path = outbox_path(tmp_path)
+    path = outbox_db(tmp_path)
     script = textwrap.dedent(
         f"""
         import sys, time
@@ -300,14 +300,15 @@ def test_events_survive_sigkill_of_the_writer(tmp_path: Path) -> None:
 
 
 def test_a_corrupt_file_is_refused_with_its_name(tmp_path: Path) -> None:
-    path = outbox_path(tmp_path)
+    path = outbox_db(tmp_path)
+    path.parent.mkdir(parents=True)
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(OutboxError, match=re.escape(f"outbox {path} is corrupt")):
         Outbox(path, "hz-001", ["mqtt"])
 
 
 def test_a_file_from_a_newer_gasguard_is_refused(tmp_path: Path) -> None:
-    path = outbox_path(tmp_path)
+    path = outbox_db(tmp_path)
     Outbox(path, "hz-001", ["mqtt"]).close()
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA user_version = 9")
@@ -329,8 +330,8 @@ def test_bad_arguments_are_refused(tmp_path: Path, kwargs: dict[str, object], me
     args: dict[str, object] = {"site_id": "hz-001", "channels": ["mqtt"]}
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
-        Outbox(outbox_path(tmp_path), **args)  # type: ignore[arg-type]
-    assert not outbox_path(tmp_path).exists()  # refused before anything was written
+        Outbox(outbox_db(tmp_path), **args)  # type: ignore[arg-type]
+    assert not outbox_db(tmp_path).exists()  # refused before anything was written
 
 
 def test_bad_peek_and_ack_arguments_change_nothing(box: Outbox) -> None:

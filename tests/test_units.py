@@ -16,13 +16,14 @@ from gpiozero.pins.mock import MockFactory
 
 from gateway.appliance.cli import add_parsers, safe_outputs
 from gateway.appliance.heartbeat import MIN_INTERVAL_S
-from gateway.cli import build_parser
 from gateway.config import load_config
 from gateway.profiles import default_profiles_dir
+from gateway.safety.main import build_parser as build_safety_parser
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
 SYSTEMD = CONFIG / "systemd"
-SERVICE = SYSTEMD / "gasguard.service"
+SERVICE = SYSTEMD / "gasguard-safety.service"
+UPLINKS = SYSTEMD / "gasguard-uplinks.service"
 CONSOLE = SYSTEMD / "gasguard-console@.service"
 WATCHDOG_DROPIN = SYSTEMD / "system.conf.d" / "gasguard-watchdog.conf"
 JOURNALD_DROPIN = SYSTEMD / "journald.conf.d" / "gasguard.conf"
@@ -68,9 +69,10 @@ def render(unit: Path, into: Path) -> Path:
     checks that every command exists and is executable)."""
     app = into / "app"
     (app / "bin").mkdir(parents=True, exist_ok=True)
-    exe = app / "bin" / "gasguard"
-    exe.write_text("#!/bin/sh\nexit 0\n")
-    exe.chmod(0o755)
+    for name in ("gasguard", "gasguard-safety", "gasguard-uplinks"):
+        exe = app / "bin" / name
+        exe.write_text("#!/bin/sh\nexit 0\n")
+        exe.chmod(0o755)
     target = into / unit.name
     target.write_text(unit.read_text(encoding="utf-8").replace(APP, str(app)), encoding="utf-8")
     return target
@@ -103,10 +105,12 @@ def verify(*units: Path) -> list[str]:
 @needs_systemd
 def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     service = render(SERVICE, tmp_path)
+    uplinks = render(UPLINKS, tmp_path)
     console = render(CONSOLE, tmp_path)
     instance = tmp_path / "gasguard-console@ttyUSB1.service"
     instance.symlink_to(console.name)
     assert verify(service) == []
+    assert verify(uplinks) == []
     assert verify(console) == []
     assert verify(instance) == []
 
@@ -144,7 +148,7 @@ def test_controller_unit_settings() -> None:
     # READY waits for every detector to answer or be declared faulty (up to 100 s).
     assert seconds(svc["TimeoutStartSec"]) >= 100 + 30
     assert seconds(svc["RestartSec"]) <= 5
-    assert svc["ExecStart"] == f"{APP}/bin/gasguard run --config /etc/gasguard/gasguard.toml"
+    assert svc["ExecStart"] == f"{APP}/bin/gasguard-safety --config /etc/gasguard/gasguard.toml"
     assert svc["ExecStopPost"] == (
         f"{APP}/bin/gasguard safe-outputs --config /etc/gasguard/gasguard.toml"
     )
@@ -164,16 +168,43 @@ def test_controller_unit_settings() -> None:
     assert "GPIOZERO_PIN_FACTORY=lgpio" in env
     assert "LG_WD=/run/gasguard" in env  # lgpio's pipes: not in a read-only cwd
     assert svc["LimitCORE"] == "0"  # no core files on the SD card
-    # The valve must never wait for the network.
+    # The valve must never wait for the network, nor for the uplinks; no network code runs.
     deps = " ".join(v for k in ("After", "Wants", "Requires") for v in unit["Unit"].get(k, []))
-    assert "network" not in deps
+    assert "network" not in deps and "uplinks" not in deps
+    assert svc["RestrictAddressFamilies"] == "AF_UNIX"
+    # Real-time, modest: above every ordinary process, below the kernel's threads.
+    assert svc["CPUSchedulingPolicy"] == "fifo"
+    assert 1 <= int(svc["CPUSchedulingPriority"]) <= 20
+    assert svc["LimitMEMLOCK"] == "infinity" and "GASGUARD_MLOCK=1" in env
+
+
+def test_uplinks_unit_settings() -> None:
+    """Its own user (no GPIO, refused by the control socket), its own restart policy, the data
+    directory read-only but for its outbox, and nothing the safety process waits for."""
+    unit = parse_unit(UPLINKS)
+    svc = {k: v[-1] for k, v in unit["Service"].items()}
+    assert svc["ExecStart"] == f"{APP}/bin/gasguard-uplinks --config /etc/gasguard/gasguard.toml"
+    assert svc["Restart"] == "always"
+    assert unit["Unit"]["StartLimitIntervalSec"] == ["0"]
+    assert svc["User"] == "gasguard-uplink" and svc["Group"] == "gasguard-uplink"
+    assert "gpio" not in svc["SupplementaryGroups"].split()
+    allowed = " ".join(unit["Service"]["DeviceAllow"])
+    assert "gpiochip" not in allowed and "ttyAMA" not in allowed
+    assert svc["ReadOnlyPaths"] == "/var/lib/gasguard"
+    assert svc["ReadWritePaths"] == "/var/lib/gasguard/uplinks"
+    assert "MemoryMax" in svc
+    safety = parse_unit(SERVICE)["Unit"]
+    assert not any(
+        "uplinks" in v for k in ("Requires", "Wants", "BindsTo") for v in safety.get(k, [])
+    )
 
 
 def test_commands_in_the_unit_exist_in_the_cli() -> None:
     unit = parse_unit(SERVICE)["Service"]
-    run_args = unit["ExecStart"][0].split()[1:]
-    args = build_parser().parse_args(run_args)
-    assert args.command == "run" and str(args.config) == "/etc/gasguard/gasguard.toml"
+    exe, *run_args = unit["ExecStart"][0].split()
+    assert exe.endswith("/gasguard-safety")
+    args = build_safety_parser().parse_args(run_args)
+    assert str(args.config) == "/etc/gasguard/gasguard.toml"
     parser = argparse.ArgumentParser(prog="gasguard")
     add_parsers(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(unit["ExecStopPost"][0].split()[1:])

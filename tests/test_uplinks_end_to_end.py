@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.controller import Controller
+from gateway.safety.controller import Controller
 from gateway.sim.kitchen import SimBus, SimDetector, SimulatedKitchen
+from gateway.uplinks.config import uplink_config
 from gateway.uplinks.gb26875.centre import GbCentre, Received
 from gateway.uplinks.gb26875.codec import (
     OPERATION_DUTY_ANSWER,
@@ -20,6 +21,7 @@ from gateway.uplinks.gb26875.codec import (
     PartStatus,
 )
 from gateway.uplinks.receive import ReceivingCentre
+from gateway.uplinks.service import UplinkService
 from tests.uplink_fixtures import (
     Mosquitto,
     mosquitto_fixture,  # noqa: F401  (the `mosquitto` fixture)
@@ -65,8 +67,10 @@ heartbeat_s = 5
     receiver = ReceivingCentre(mosquitto.host, mosquitto.port, config.site.id)
     receiver.start()
     controller = Controller(config, pin_factory=kitchen.factory, simulated=True)
+    service = UplinkService(config, uplink_config(config))
     try:
         controller.start()
+        service.start()
         assert receiver.connected.wait(5)
         assert controller.first_poll_done.wait(5)
         kitchen.set_gas("lpg-store", 40.0)
@@ -89,16 +93,22 @@ heartbeat_s = 5
 
         assert gb_centre.wait_for(gb_has_alarm, 10)
         # Every stored event acknowledged end to end by both centres: nothing left queued.
-        assert controller.uplinks is not None and controller.uplinks.outbox is not None
-        outbox = controller.uplinks.outbox
+        outbox = service.outbox
+        assert outbox is not None
         assert wait_for(lambda: outbox.pending("mqtt") == 0 and outbox.pending("gb26875") == 0, 15)
-        uplinks_state = controller.status()["uplinks"]
-        assert uplinks_state["mqtt"]["connected"] is True
-        assert uplinks_state["gb26875"]["connected"] is True
+
+        # The uplinks process reports its channels to the safety process's status.
+        def both_connected() -> bool:
+            state = controller.status()["uplinks"]
+            return all(state.get(c, {}).get("connected") is True for c in ("mqtt", "gb26875"))
+
+        assert wait_for(both_connected, 5)
+        assert controller.status()["uplinks_process"]["reporting"] is True
         # No upstream message opened anything: the valve is still closed.
         time.sleep(0.3)
         assert not kitchen.valve_coil_energised("lpg-manifold")
     finally:
+        service.stop()
         controller.stop()
         receiver.stop()
         kitchen.stop()
@@ -118,9 +128,11 @@ device_address = 1
     )
     config = kitchen.start()
     controller = Controller(config, pin_factory=kitchen.factory, simulated=True)
+    service = UplinkService(config, uplink_config(config))
     sounder = kitchen.factory.pin(config.annunciator.sounder_pin)
     try:
         controller.start()
+        service.start()
         assert gb_centre.wait_connected(5)
         assert controller.first_poll_done.wait(5)
         assert gb_centre.duty_check() is not None  # the site confirms it got the question
@@ -138,5 +150,6 @@ device_address = 1
 
         assert gb_centre.wait_for(answered, 10)
     finally:
+        service.stop()
         controller.stop()
         kitchen.stop()

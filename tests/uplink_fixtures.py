@@ -37,10 +37,11 @@ from typing import Any
 import pytest
 
 from gateway.core.model import Event
+from gateway.paths import outbox_db
 from gateway.store.events import EventStore, StoredEvent
 from gateway.store.recorder import Recorder, RecorderItem
 from gateway.uplinks.context import UplinkContext
-from gateway.uplinks.outbox import Outbox, outbox_path
+from gateway.uplinks.outbox import Outbox
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 10.0
@@ -269,7 +270,7 @@ class UplinkSite:
         self.events_path = workdir / "events.db"
         self.inbox: queue.SimpleQueue[RecorderItem] = queue.SimpleQueue()
         self.recorder = Recorder(self.events_path, 999, self.inbox)
-        self.outbox = Outbox(outbox_path(workdir), site_id, channels)
+        self.outbox = Outbox(outbox_db(workdir), site_id, channels)
         self.recorder.subscribe(self.outbox.add)
         self.recorder.start()
         self.status_doc = kitchen_status(site_id)

@@ -26,6 +26,7 @@ import json
 import os
 import socket
 import stat
+import struct
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -108,6 +109,16 @@ def _error_line(text: str, request_id: Any = None) -> bytes:
     return _line(reply)
 
 
+def _peer_uid(conn: socket.socket) -> int | None:
+    """The connecting process's user id (Linux SO_PEERCRED), None where it cannot be read."""
+    try:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):
+        return None
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
 class ControlServer:
     """Serves ``handlers`` (command name -> handler(args) -> result dict) on a Unix socket at
     ``path``. See the module docstring for the protocol and the limits."""
@@ -119,6 +130,7 @@ class ControlServer:
         *,
         client_timeout_s: float = CLIENT_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
+        refuse_uids: Collection[int] = (),
     ) -> None:
         for name in handlers:
             if not isinstance(name, str) or not name:
@@ -131,6 +143,9 @@ class ControlServer:
         self.handlers = dict(handlers)
         self.client_timeout_s = client_timeout_s
         self.max_connections = max_connections
+        # Peers (by SO_PEERCRED uid) that may not use this socket at all: the uplinks process's
+        # user on the control socket, so network code can never ask for a reset.
+        self.refuse_uids = frozenset(refuse_uids)
         self._listener: socket.socket | None = None
         self._inode: int | None = None
         self._accept_thread: threading.Thread | None = None
@@ -241,6 +256,13 @@ class ControlServer:
                     return
                 error("control.accept_failed", path=self.path, error=e)
                 time.sleep(0.1)
+                continue
+            if self.refuse_uids and _peer_uid(conn) in self.refuse_uids:
+                warn("control.peer_refused", path=self.path, uid=_peer_uid(conn))
+                with contextlib.suppress(OSError):
+                    conn.settimeout(1.0)
+                    conn.sendall(_error_line("refused: this user may not use this socket"))
+                conn.close()
                 continue
             with self._lock:
                 busy = len(self._clients) >= self.max_connections

@@ -34,11 +34,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from gateway.appliance.install import PiModel, detect_model
+from gateway.appliance.install import UNIT, PiModel, detect_model
 from gateway.config import BusConfig, Config, DetectorConfig, ValveConfig, load_config
+from gateway.paths import EVENTS_DB
 from gateway.validate import ConfigError
 
-EVENTS_DB = "events.db"  # gateway.controller.EVENTS_DB (not imported: it builds GPIO devices)
 DISK_FAIL_BYTES = 100 * 1024 * 1024
 DISK_WARN_BYTES = 500 * 1024 * 1024
 WAL_WARN_BYTES = 64 * 1024 * 1024
@@ -103,7 +103,7 @@ class Environment:
     """Where the doctor looks. ``root``: the filesystem root for /proc/device-tree and
     /sys/class/tty (tests give a fake one). ``pin_factory``: the gpiozero factory for reading
     valve contacts (None: gpiozero's choice). ``run``: runs ``timedatectl`` / ``systemctl``.
-    ``service_state``: systemd's ActiveState of gasguard.service, None when unknown."""
+    ``service_state``: systemd's ActiveState of the safety unit, None when unknown."""
 
     root: Path = Path("/")
     pin_factory: Any = None
@@ -115,7 +115,7 @@ class Environment:
     def systemd_state(self) -> str | None:
         if self.service_state is not None:
             return self.service_state()
-        code, out = self.run(["systemctl", "show", "gasguard.service", "-p", "ActiveState"])
+        code, out = self.run(["systemctl", "show", UNIT, "-p", "ActiveState"])
         if code != 0:
             return None
         _, _, value = out.strip().partition("=")
@@ -169,8 +169,8 @@ def ask_controller(cfg: Config, env: Environment) -> tuple[Check, dict[str, Any]
         return (
             fail(
                 "controller",
-                f"gasguard.service is {state} but its control socket does not answer: {error}",
-                "journalctl -u gasguard -n 50; a hung controller is restarted by the watchdog",
+                f"{UNIT} is {state} but its control socket does not answer: {error}",
+                f"journalctl -u {UNIT} -n 50; a hung controller is restarted by the watchdog",
             ),
             None,
             True,
@@ -179,7 +179,7 @@ def ask_controller(cfg: Config, env: Environment) -> tuple[Check, dict[str, Any]
         warn(
             "controller",
             "not running: nothing is monitored and every valve stays closed"
-            + (f" (gasguard.service {state})" if state else ""),
+            + (f" ({UNIT} {state})" if state else ""),
             "sudo systemctl start gasguard (the doctor checks the hardware directly meanwhile)",
         ),
         None,
@@ -487,7 +487,7 @@ def check_event_store(db: Path) -> Check:
     wal_size = wal.stat().st_size if wal.exists() else 0
     text = f"{db}: integrity ok, schema {version}, {count} events, WAL {wal_size // 1024} KiB"
     if wal_size > WAL_WARN_BYTES:
-        return warn("event log", text, "the WAL is not being checkpointed: restart gasguard")
+        return warn("event log", text, "the WAL is not being checkpointed: restart gasguard-safety")
     return ok("event log", text)
 
 

@@ -195,7 +195,7 @@ class _Config(Protocol):
 
 
 class ControllerLike(Protocol):
-    """What the glue needs of ``gateway.controller.Controller`` (no import: the controller
+    """What the glue needs of ``gateway.safety.controller.Controller`` (no import: the controller
     may import this module)."""
 
     @property

@@ -52,20 +52,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from gateway.paths import EVENTS_DB, OUTBOX_DIR, UPLINK_USER
+
 APP_DIR = Path("/opt/gasguard")
 ETC_DIR = Path("/etc/gasguard")
 STATE_DIR = Path("/var/lib/gasguard")
 SERVICE_USER = "gasguard"
 DEVICE_GROUPS = ("dialout", "gpio")
-UNIT = "gasguard.service"
-EVENTS_DB = "events.db"  # gateway.controller.EVENTS_DB (not imported: it needs gpiozero)
+UNIT = "gasguard-safety.service"  # the safety process; the upgrade waits for its READY
+UPLINK_UNIT = "gasguard-uplinks.service"
+OLD_UNITS = ("gasguard.service",)  # before the safety process was split from the uplinks
+
 KEEP_OLD_VERSIONS = 2  # previous versions kept for a manual rollback
 KEEP_BACKUPS = 3
 DEFAULT_START_TIMEOUT_S = 150.0  # the unit's TimeoutStartSec
 DEFAULT_SETTLE_S = 12.0  # more than 2 x WatchdogSec (5 s): a bad heartbeat shows by then
 SYSTEMD_FILES = {
     # file in config/ -> where it goes (below the prefix)
-    "systemd/gasguard.service": "etc/systemd/system/gasguard.service",
+    "systemd/gasguard-safety.service": "etc/systemd/system/gasguard-safety.service",
+    "systemd/gasguard-uplinks.service": "etc/systemd/system/gasguard-uplinks.service",
     "systemd/gasguard-console@.service": "etc/systemd/system/gasguard-console@.service",
     "systemd/system.conf.d/gasguard-watchdog.conf": (
         "etc/systemd/system.conf.d/gasguard-watchdog.conf"
@@ -164,7 +169,7 @@ def share_dir() -> Path:
     """The ``config/`` directory shipped with this source tree (example config, profiles,
     units, udev rule)."""
     here = Path(__file__).resolve().parents[2] / "config"
-    needed = ("gasguard.example.toml", "profiles", "systemd/gasguard.service")
+    needed = ("gasguard.example.toml", "profiles", "systemd/gasguard-safety.service")
     if all((here / n).exists() for n in needed):
         return here
     raise InstallError(
@@ -359,11 +364,15 @@ class SystemdService:
         return self._show().get("ActiveState") == "active"
 
     def stop(self) -> None:
+        # The uplinks first: they would only report the safety process missing.
+        _run(["systemctl", "stop", UPLINK_UNIT], check=False)
         _run(["systemctl", "stop", self.unit])
 
     def start(self) -> None:
         self._restarts_at_start = int(self._show().get("NRestarts", "0") or 0)
         _run(["systemctl", "start", "--no-block", self.unit])
+        # Never waited for: the safety process is what the upgrade checks.
+        _run(["systemctl", "start", "--no-block", UPLINK_UNIT], check=False)
 
     def wait_ready(self, timeout_s: float, settle_s: float) -> tuple[bool, str]:
         deadline = time.monotonic() + timeout_s
@@ -582,6 +591,28 @@ class Installer:
                 self.say("WARN", f"group {group!r} does not exist on this system (not a Pi?)")
                 continue
             _run(["usermod", "--append", "--groups", group, SERVICE_USER])
+        # The uplinks' own account: reads the config and the event log (group gasguard, both
+        # read-only for the group), writes only its outbox; the control socket refuses it.
+        try:
+            pwd.getpwnam(UPLINK_USER)
+            self.say("kept", f"user {UPLINK_USER}")
+        except KeyError:
+            _run(
+                [
+                    "useradd",
+                    "--system",
+                    "--user-group",
+                    "--groups",
+                    SERVICE_USER,
+                    "--home-dir",
+                    str(STATE_DIR / OUTBOX_DIR),
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    UPLINK_USER,
+                ]
+            )
+            self.say("done", f"user {UPLINK_USER} (system account, no login, no GPIO)")
         technician = os.environ.get("SUDO_USER")
         if technician and technician != "root":
             _run(["usermod", "--append", "--groups", SERVICE_USER, technician])
@@ -589,11 +620,15 @@ class Installer:
 
     def directories(self) -> None:
         L = self.layout
-        # Group-writable: the technician console (user gasguard) applies a config change by
-        # writing a new file beside the old one and renaming it (atomic, previous kept).
-        self._mkdir(L.etc_dir, 0o770, "root", SERVICE_USER)
+        # Owned by gasguard: the technician console (user gasguard) applies a config change by
+        # writing a new file beside the old one and renaming it (atomic, previous kept). Group
+        # read-only: the uplinks' user reads the config and the event log, and writes nothing
+        # but its own outbox directory.
+        self._mkdir(L.etc_dir, 0o750, SERVICE_USER, SERVICE_USER)
         self._mkdir(L.profiles_dir, 0o750, "root", SERVICE_USER)
         self._mkdir(L.state_dir, 0o750, SERVICE_USER, SERVICE_USER)
+        uplink_owner = UPLINK_USER if self.system else SERVICE_USER
+        self._mkdir(L.state_dir / OUTBOX_DIR, 0o750, uplink_owner, uplink_owner)
         self._mkdir(L.backups_dir, 0o700, "root", "root")
         self.say("done", f"{L.etc_dir}, {L.state_dir}")
 
@@ -604,7 +639,7 @@ class Installer:
             self.say("kept", f"{cfg} (never overwritten)")
         else:
             shutil.copyfile(share / "gasguard.example.toml", cfg)
-            self._own(cfg, 0o600, SERVICE_USER, SERVICE_USER)
+            self._own(cfg, 0o640, SERVICE_USER, SERVICE_USER)
             self.say("done", f"{cfg} from the example: edit it for this kitchen")
         for src in sorted((share / "profiles").glob("*.toml")):
             dst = L.profiles_dir / src.name
@@ -638,9 +673,15 @@ class Installer:
         if self.system:
             _run(["udevadm", "control", "--reload-rules"], check=False)
             _run(["udevadm", "trigger", "--subsystem-match=tty"], check=False)
+            for old in OLD_UNITS:
+                old_file = self.layout.at("/etc/systemd/system/" + old)
+                if old_file.exists():
+                    _run(["systemctl", "disable", "--now", old], check=False)
+                    old_file.unlink()
+                    self.say("done", f"{old} replaced by {UNIT} and {UPLINK_UNIT}")
             _run(["systemctl", "daemon-reload"])
-            _run(["systemctl", "enable", UNIT])
-            self.say("done", f"{UNIT} enabled (starts at boot)")
+            _run(["systemctl", "enable", UNIT, UPLINK_UNIT])
+            self.say("done", f"{UNIT} and {UPLINK_UNIT} enabled (start at boot)")
         else:
             self.say(
                 "skip", "udevadm reload, systemctl daemon-reload and enable (not a system install)"
@@ -756,8 +797,9 @@ class Installer:
             return 1
         self.say("FAIL", f"{previous} did not come back either: {why}")
         self.out(
-            "gasguard is NOT running: the gas stays off. Check 'journalctl -u gasguard' and "
-            "'gasguard doctor', then start it with 'systemctl start gasguard'."
+            "gasguard is NOT running: the gas stays off. Check 'journalctl -u gasguard-safety' "
+            "and 'gasguard doctor', then start it with "
+            "'systemctl start gasguard-safety gasguard-uplinks'."
         )
         return 2
 
@@ -847,7 +889,7 @@ class Installer:
         self.out(
             f"  - edit {ETC_DIR}/gasguard.toml, then: gasguard check-config {ETC_DIR}/gasguard.toml"
         )
-        self.out("  - sudo systemctl restart gasguard && gasguard doctor")
+        self.out("  - sudo systemctl restart gasguard-safety gasguard-uplinks && gasguard doctor")
 
 
 def _ask(question: str) -> bool:

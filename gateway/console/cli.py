@@ -108,10 +108,12 @@ def _quiet_logs() -> None:
 
 
 def run_on_port(config: Path, port: str, baud: int, cols: int, idle_s: float) -> int:
+    from gateway.console.hazardwatch import watch_site
     from gateway.console.session import Session
     from gateway.console.terminal import Hangup, SerialTerminal
 
     log.log("console.started", port=port, baud=baud, config=config)
+    watch_site(config).start()  # overdue hazards go upstream even when nobody logs in
     while True:
         try:
             term = SerialTerminal(port, baud)

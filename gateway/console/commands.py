@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.api.control import ControlError
+from gateway.api.records import MAX_DETAILS_BYTES
 from gateway.api.render import detector_age, detector_reading, duration, iso_utc
 from gateway.config import Config, load_config
 from gateway.console import configedit as ce
@@ -51,7 +52,6 @@ from gateway.console.hazards import (
 )
 from gateway.console.lineedit import Idle, printable
 from gateway.console.link import ControllerLink
-from gateway.console.records import MAX_DETAILS_BYTES
 from gateway.console.store import ConsoleStore, site_key
 from gateway.console.terminal import Hangup
 from gateway.log import error
@@ -274,7 +274,7 @@ class Console:
         return []
 
     def profiles(self) -> dict[str, Profile]:
-        from gateway.console.scan import profiles_for
+        from gateway.drivers.scan import profiles_for
 
         try:
             return profiles_for(self.config_path)

@@ -36,7 +36,8 @@ import tomlkit
 from tomlkit.items import AoT, Table
 from tomlkit.toml_document import TOMLDocument
 
-from gateway.config import Config, load_config
+from gateway.config import Config
+from gateway.uplinks.config import load_site
 from gateway.validate import ConfigError, Problem
 
 PREVIOUS_SUFFIX = ".prev"
@@ -406,7 +407,8 @@ def validate_text(path: Path, text: str) -> Config:
     try:
         _write_synced(tmp, text, 0o600)
         try:
-            return load_config(tmp)
+            # The whole file: the safety part and the uplinks' part.
+            return load_site(tmp)[0]
         except ConfigError as e:
             raise ConfigError(
                 [
@@ -438,7 +440,7 @@ def restart_fields(old: Config, new: Config) -> list[str]:
         "annunciator": (old.annunciator, new.annunciator),
         "storage.data_dir": (old.data_dir, new.data_dir),
         "control.socket": (old.control_socket, new.control_socket),
-        "uplink": (old.uplink, new.uplink),
+        "uplink": (old.uplink_table, new.uplink_table),  # a restart of gasguard-uplinks only
     }
     return [name for name, (a, b) in pairs.items() if a != b]
 

@@ -3,7 +3,7 @@
 ``ControllerLink.call`` sends one command (``status``, ``reset``, ``test_valve`` ...).
 ``ControllerLink.record`` hands a console event (login, command audit, commissioning record,
 hazard) to the controller's event log through the ``record`` command (see
-``gateway.console.api``), so it is stored with the alarms and forwarded upstream.
+``gateway.safety.handlers``), so it is stored with the alarms and forwarded upstream.
 
 Nothing lost (principle 5): a record is first committed to ``console.db``
 (``pending_records``), then sent; it is deleted only once the controller has taken it. While
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.api.control import ControlClient, ControlError
-from gateway.console.records import check_record
+from gateway.api.records import check_record
 from gateway.console.store import ConsoleStore
 from gateway.log import error
 

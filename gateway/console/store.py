@@ -27,10 +27,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
+from gateway.paths import console_db
 from gateway.store.sqlite import open_durable
 
 SCHEMA_VERSION = 1
-CONSOLE_DB = "console.db"
 SITE_KEY = "site.key"
 SITE_KEY_BYTES = 32
 FILE_MODE = 0o600
@@ -85,11 +85,6 @@ _SCHEMA = (
 
 class ConsoleStoreError(Exception):
     """The console's file cannot be used (unwritable, corrupt, from a newer gasguard)."""
-
-
-def console_db(data_dir: Path) -> Path:
-    """Where the console's SQLite file of a data directory lives."""
-    return Path(data_dir) / CONSOLE_DB
 
 
 def _create_private(path: Path) -> None:

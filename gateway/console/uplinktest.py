@@ -2,55 +2,37 @@
 
 The console records a ``console.uplink_test`` event through the controller (so it takes the
 path every alarm takes: event log, then the durable outbox, then each channel), finds its
-number in the event log, then watches the outbox (``outbox.db`` in the data directory, read
-only) until each channel's receiver has acknowledged it, or ``ACK_WAIT_S`` passes (GB/T
-26875.3: 10 s confirm timeout, 3 retries).
+number in the event log, then watches the uplinks process's outbox (read only, through
+``outbox.read_state``) until each channel's receiver has acknowledged it, or ``ACK_WAIT_S``
+passes (GB/T 26875.3: 10 s confirm timeout, 3 retries).
 """
 
 from __future__ import annotations
 
-import json
 import secrets
-import sqlite3
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.api.control import ControlError
+from gateway.paths import outbox_db
+from gateway.uplinks.outbox import OutboxError, read_state
 
 if TYPE_CHECKING:
     from gateway.console.commands import Console
 
-OUTBOX_FILE = "outbox.db"  # gateway.uplinks.outbox.OUTBOX_DB
 ACK_WAIT_S = 35.0
 FIND_WAIT_S = 5.0
 
 
-def _outbox_state(path: Path, seq: int) -> tuple[list[str], int, set[str]]:
-    """(channels, high-water mark, channels still waiting for ``seq``), read only."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2.0)
-    try:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'channels'").fetchone()
-        channels = [str(c) for c in json.loads(row[0])] if row else []
-        row = conn.execute("SELECT value FROM meta WHERE key = 'high_water'").fetchone()
-        high = int(row[0]) if row else 0
-        waiting = {
-            str(r[0]) for r in conn.execute("SELECT channel FROM pending WHERE seq = ?", (seq,))
-        }
-    finally:
-        conn.close()
-    return channels, high, waiting
-
-
 def run_uplink_test(c: Console, *, ack_wait_s: float = ACK_WAIT_S) -> list[str]:
     """Run the test; the lines to show."""
-    path = c.data_dir / OUTBOX_FILE
+    path = outbox_db(c.data_dir)
     if not path.exists():
         return [f"no uplink runs on this controller ({path} does not exist): nothing to test"]
     try:
-        channels, _, _ = _outbox_state(path, -1)
-    except (sqlite3.Error, ValueError) as e:
-        return [f"cannot read the uplink outbox {path}: {e}"]
+        channels = read_state(path, -1).channels
+    except OutboxError as e:
+        return [f"cannot read the uplink outbox: {e}"]
     if not channels:
         return ["no uplink channel is configured"]
     test_id = secrets.token_hex(6)
@@ -77,8 +59,9 @@ def run_uplink_test(c: Console, *, ack_wait_s: float = ACK_WAIT_S) -> list[str]:
     acked: dict[str, float] = {}
     while time.monotonic() - sent < ack_wait_s:
         try:
-            _, high, waiting = _outbox_state(path, seq)
-        except sqlite3.Error:
+            state = read_state(path, seq)
+            high, waiting = state.high_water, state.waiting
+        except OutboxError:
             time.sleep(0.2)
             continue
         if high >= seq:

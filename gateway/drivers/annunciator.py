@@ -1,10 +1,13 @@
 """The local annunciator: sounder, red/yellow/green lights, silence and reset buttons.
 
 Lights follow GB 16808 §4.2.2: red = alarm, yellow = fault, green = power. ``Light.FLASH_ALARM``
-flashes at 1 Hz (0.5 s on / 0.5 s off), ``Light.FLASH_FAULT`` at 0.5 Hz (1 s on / 1 s off); both
-run in gpiozero's background blink threads. The sounder is a plain active-high output (steady
-while sounding). Every output is active-high on a pin the config keeps to GPIO 9-27 (pulled down
-at power-on) and starts off (explicit ``initial_value=False``).
+flashes at 1 Hz (0.5 s on / 0.5 s off), ``Light.FLASH_FAULT`` at 0.5 Hz (1 s on / 1 s off). The
+three lights are driven by one thread of the annunciator's own (``LightDriver``): ``show()``
+only hands it the wanted patterns and wakes it, so the safety thread never waits for a light
+(gpiozero's own ``blink()`` joins the old blink thread whenever a light changes). The sounder is
+a plain active-high output (steady while sounding), written by the caller at once. Every output
+is active-high on a pin the config keeps to GPIO 9-27 (pulled down at power-on) and starts off
+(explicit ``initial_value=False``).
 
 Buttons are push buttons to ground (internal pull-up). Silence fires on press. Reset fires only
 when HELD for ``reset_hold_s`` (config: at least 2 s) without being released; a short press, or
@@ -15,6 +18,8 @@ controller passes functions that put a ``SilenceRequest`` / ``ResetRequest`` on 
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -94,6 +99,8 @@ class Annunciator:
         except BaseException:
             self._release()
             raise
+        self._driver = LightDriver(self._lights)
+        self._driver.start()
         self._silence.when_pressed = _guarded("silence", on_silence)
         # Only when_held: a press shorter than hold_time never reaches on_reset.
         self._reset.when_held = _guarded("reset", on_reset)
@@ -110,20 +117,18 @@ class Annunciator:
 
     def show(self, sounder: bool, red: Light, yellow: Light, green: Light) -> None:
         """Show the safety core's outputs. Idempotent: only an output whose wanted state changed
-        is touched, so a flashing light keeps its rhythm across repeated calls. Never sleeps
-        (stopping a blink thread only signals it and joins it as it wakes)."""
+        is touched, so a flashing light keeps its rhythm across repeated calls. Never sleeps and
+        never waits for another thread: the lights follow within a few milliseconds."""
         if sounder != self._sounder_on:
             if sounder:
                 self._sounder.on()
             else:
                 self._sounder.off()
             self._sounder_on = sounder
-        for i, light in enumerate((red, yellow, green)):
-            # Recorded per light as it is applied: after a failure half-way, a retry touches
-            # only what is still wrong and does not restart a light that already flashes.
-            if light != self._light_shown[i]:
-                _apply(self._lights[i], light)
-                self._light_shown[i] = light
+        wanted = (red, yellow, green)
+        if list(wanted) != self._light_shown:
+            self._light_shown = list(wanted)
+            self._driver.set(wanted)
 
     def pin_states(self) -> AnnunciatorState:
         """What each output shows now and whether each button is pressed."""
@@ -154,7 +159,10 @@ class Annunciator:
         return device
 
     def _release(self) -> None:
-        # Outputs off first (stops the blink threads), then every device releases its pin.
+        # The light thread first, then every output off, then every device releases its pin.
+        driver = getattr(self, "_driver", None)
+        if driver is not None:
+            driver.stop()
         for device in self._devices:
             if hasattr(device, "off"):
                 device.off()
@@ -163,14 +171,66 @@ class Annunciator:
         self._devices.clear()
 
 
-def _apply(led: Any, light: Light) -> None:
+class LightDriver(threading.Thread):
+    """The only writer of the three light pins: steady on, steady off or flashing (in phase
+    from the moment a pattern was set, so repeated ``set`` calls keep the rhythm). ``set`` never
+    blocks; the thread wakes at once, and otherwise at the next flash edge."""
+
+    def __init__(self, leds: tuple[Any, Any, Any]) -> None:
+        super().__init__(name="annunciator-lights", daemon=True)
+        self.leds = leds
+        self._wanted: tuple[Light, Light, Light] = (Light.OFF, Light.OFF, Light.OFF)
+        self._wake = threading.Event()
+        self._stopping = False
+
+    def set(self, wanted: tuple[Light, Light, Light]) -> None:
+        self._wanted = wanted  # one reference assignment: no lock
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self.is_alive():
+            self.join(5.0)
+
+    def run(self) -> None:
+        current: list[Light] = [Light.OFF, Light.OFF, Light.OFF]
+        started = [0.0, 0.0, 0.0]
+        lit = [False, False, False]
+        while not self._stopping:
+            wanted = self._wanted
+            now = time.monotonic()
+            wait = 1.0
+            for i, light in enumerate(wanted):
+                if light != current[i]:
+                    current[i] = light
+                    started[i] = now
+                level, until = _level(light, now - started[i])
+                wait = min(wait, until)
+                if level != lit[i]:
+                    try:
+                        if level:
+                            self.leds[i].on()
+                        else:
+                            self.leds[i].off()
+                        lit[i] = level
+                    except Exception as e:  # a light must never stop the others
+                        error("annunciator.light_failed", light=i, error=repr(e))
+            if self._wake.wait(max(0.001, wait)):
+                self._wake.clear()
+
+
+def _level(light: Light, elapsed: float) -> tuple[bool, float]:
+    """Whether ``light`` is lit ``elapsed`` s after it was set, and for how much longer."""
     if light is Light.ON:
-        led.on()
-    elif light is Light.OFF:
-        led.off()
-    else:
-        on_s, off_s = FLASH_TIMES[light]
-        led.blink(on_time=on_s, off_time=off_s, n=None, background=True)
+        return True, 1.0
+    if light is Light.OFF:
+        return False, 1.0
+    on_s, off_s = FLASH_TIMES[light]
+    phase = elapsed % (on_s + off_s)
+    if phase < on_s:
+        return True, on_s - phase
+    return False, on_s + off_s - phase
 
 
 def _guarded(button: str, callback: Callable[[], None]) -> Callable[[], None]:

@@ -26,7 +26,7 @@ from typing import Any
 
 from gateway import log
 from gateway.api.render import render_events, render_status
-from gateway.controller import Controller
+from gateway.safety.controller import Controller
 from gateway.sim.kitchen import SimulatedKitchen
 from gateway.store.events import EventStore
 
@@ -90,6 +90,7 @@ def run_scenario(
     pause(1.5)
     step("The cook holds the RESET button for 2 s ...")
     kitchen.press_reset()
+
     def both_open() -> bool:
         return all(kitchen.valve_coil_energised(v) for v in kitchen.valves)
 

@@ -1,53 +1,27 @@
 """The uplinks of one site: the durable outbox and the channels that drain it.
 
-The controller owns one ``Uplinks``. ``attach(recorder)`` subscribes the outbox to the recorder
-(events reach it only after they are durable in the event log) and catches up anything the
-event log has that the outbox missed; ``start(ctx)`` starts each enabled channel on its own
-thread; ``stop()`` ends them and ``close()`` closes the outbox once the recorder is done.
-Nothing here can slow the safety loop: the safety thread only ever puts items on the
-recorder's queue. An uplink that cannot start is logged and left out: it never stops the
-controller from protecting the kitchen.
+The uplinks process (``service``) owns one ``Uplinks``. ``catch_up(events_path)`` takes in what
+the event log has and the outbox lacks; ``start(ctx)`` starts each enabled channel on its own
+thread; ``stop()`` ends them and ``close()`` closes the outbox. An uplink that cannot start is
+logged and left out.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gateway.log import error
+from gateway.paths import outbox_db
 from gateway.store.events import EventStore, EventStoreError
-from gateway.store.recorder import Recorder
+from gateway.uplinks.config import UplinkConfig
 from gateway.uplinks.context import UplinkContext
 from gateway.uplinks.gb26875.channel import Gb26875Channel
-from gateway.uplinks.gb26875.config import Gb26875Config
 from gateway.uplinks.mqtt.channel import MqttChannel
-from gateway.uplinks.mqtt.config import MqttConfig
-from gateway.uplinks.outbox import Outbox, OutboxError, outbox_path
+from gateway.uplinks.outbox import Outbox, OutboxError
 from gateway.uplinks.sms.channel import SmsChannel
-from gateway.uplinks.sms.config import SmsConfig
-
-
-@dataclass(frozen=True, slots=True)
-class UplinkConfig:
-    """``[uplink.mqtt]``, ``[uplink.gb26875]`` and ``[uplink.sms]``; each is optional."""
-
-    mqtt: MqttConfig | None = None
-    gb26875: Gb26875Config | None = None
-    sms: SmsConfig | None = None
-
-    def channels(self) -> list[str]:
-        """The names of the enabled channels, in the outbox's terms."""
-        names = []
-        if self.mqtt is not None and self.mqtt.enabled:
-            names.append("mqtt")
-        if self.gb26875 is not None and self.gb26875.enabled:
-            names.append("gb26875")
-        if self.sms is not None and self.sms.enabled:
-            names.append("sms")
-        return names
 
 
 class Uplinks:
@@ -61,21 +35,19 @@ class Uplinks:
         if not names:
             return
         try:
-            self.outbox = Outbox(outbox_path(data_dir), site_id, names)
+            self.outbox = Outbox(outbox_db(data_dir), site_id, names)
         except (OutboxError, ValueError) as e:
             error("uplink.outbox_failed", error=e)
 
-    def attach(self, recorder: Recorder, events_path: Path) -> None:
-        """Before the recorder starts: take in what the event log has and the outbox lacks,
-        then receive every newly stored event."""
+    def catch_up(self, events_path: Path) -> None:
+        """Take in what the event log has and the outbox lacks (once, at start)."""
         if self.outbox is None:
             return
         try:
             with EventStore.open_readonly(events_path) as reader:
                 self.outbox.catch_up(reader)
-        except EventStoreError as e:
+        except (EventStoreError, OutboxError) as e:
             error("uplink.catch_up_failed", error=e)
-        recorder.subscribe(self.outbox.add)
 
     def start(self, ctx: UplinkContext, clock: Callable[[], float] = time.monotonic) -> None:
         outbox = self.outbox

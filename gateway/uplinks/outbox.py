@@ -50,7 +50,6 @@ from gateway.store.events import EventReader, StoredEvent, details_json
 from gateway.store.sqlite import open_durable
 
 SCHEMA_VERSION = 1
-OUTBOX_DB = "outbox.db"
 DEFAULT_MAX_ROWS = 100_000
 MIN_MAX_ROWS = 1_000
 MAX_MAX_ROWS = 10_000_000
@@ -188,6 +187,10 @@ class Outbox:
         self.last_error: str | None = None
         self.dropped = 0
         self.fresh = not self.path.exists()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutboxError(f"outbox {self.path}: cannot create its directory: {e}") from e
         # check_same_thread=False: several threads use it, always under self._lock.
         self._conn, _version = open_durable(
             self.path,
@@ -628,6 +631,33 @@ class Outbox:
             self._conn.close()
 
 
-def outbox_path(data_dir: Path) -> Path:
-    """Where the outbox of a data directory lives (beside the event log)."""
-    return Path(data_dir) / OUTBOX_DB
+@dataclass(frozen=True, slots=True)
+class OutboxState:
+    """What another process may read of an outbox: its channels, its high-water mark, and the
+    channels still waiting for one event."""
+
+    channels: tuple[str, ...]
+    high_water: int
+    waiting: frozenset[str]
+
+
+def read_state(path: Path, seq: int) -> OutboxState:
+    """The state of the outbox at ``path`` for event ``seq``, read only (the console's ``test
+    uplink`` while the uplinks process owns the file). Raises OutboxError."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2.0)
+    except sqlite3.Error as e:
+        raise OutboxError(f"outbox {path}: cannot open: {e}") from e
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'channels'").fetchone()
+        channels = tuple(str(c) for c in json.loads(row[0])) if row else ()
+        row = conn.execute("SELECT value FROM meta WHERE key = 'high_water'").fetchone()
+        high = int(row[0]) if row else 0
+        waiting = frozenset(
+            str(r[0]) for r in conn.execute("SELECT channel FROM pending WHERE seq = ?", (seq,))
+        )
+    except (sqlite3.Error, ValueError) as e:
+        raise OutboxError(f"outbox {path}: cannot read: {e}") from e
+    finally:
+        conn.close()
+    return OutboxState(channels, high, waiting)

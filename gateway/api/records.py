@@ -1,8 +1,10 @@
-"""What a console event may look like: shared by the console (before it queues one) and by the
-controller's ``record`` command (before it stores one), so both refuse the same things.
+"""What an event recorded through a socket may look like: shared by the senders (before they
+queue one) and by the safety process's ``record`` commands (before it stores one), so both
+refuse the same things.
 
-Only ``console.*``, ``commissioning.*`` and ``hazard.*`` kinds: the control socket must not be
-a way to forge an alarm, a fault or a valve event in the log.
+Each socket has its own kinds: the control socket takes ``console.*``, ``commissioning.*`` and
+``hazard.*`` (``CONSOLE_KINDS``), the uplink socket only ``uplink.*`` and ``sms.*``
+(``UPLINK_KINDS``). Neither can forge an alarm, a fault or a valve event in the log.
 """
 
 from __future__ import annotations
@@ -10,10 +12,24 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
-KIND_RE = re.compile(r"^(console|commissioning|hazard)\.[a-z][a-z0-9_]{0,39}$")
-KIND_RULE = "console.NAME, commissioning.NAME or hazard.NAME (NAME: lower-case, digits, '_')"
+
+class Kinds(NamedTuple):
+    """The event kinds one socket may record, and the rule as errors state it."""
+
+    pattern: re.Pattern[str]
+    rule: str
+
+
+CONSOLE_KINDS = Kinds(
+    re.compile(r"^(console|commissioning|hazard)\.[a-z][a-z0-9_]{0,39}$"),
+    "console.NAME, commissioning.NAME or hazard.NAME (NAME: lower-case, digits, '_')",
+)
+UPLINK_KINDS = Kinds(
+    re.compile(r"^(uplink|sms)\.[a-z][a-z0-9_]{0,39}$"),
+    "uplink.NAME or sms.NAME (NAME: lower-case, digits, '_')",
+)
 SOURCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 MAX_DETAILS_BYTES = 16 * 1024
 MAX_AGE_S = 30 * 86400.0  # a record queued while the controller was down may be this old
@@ -26,11 +42,16 @@ class RecordError(ValueError):
 
 
 def check_record(
-    kind: object, source: object, details: object, utc: object, now: float
+    kind: object,
+    source: object,
+    details: object,
+    utc: object,
+    now: float,
+    kinds: Kinds = CONSOLE_KINDS,
 ) -> tuple[str, str, dict[str, Any], float]:
     """The event's fields, checked; RecordError otherwise."""
-    if not isinstance(kind, str) or not KIND_RE.match(kind):
-        raise RecordError(f"record: kind {str(kind)[:60]!r}: must be {KIND_RULE}")
+    if not isinstance(kind, str) or not kinds.pattern.match(kind):
+        raise RecordError(f"record: kind {str(kind)[:60]!r}: must be {kinds.rule}")
     if not isinstance(source, str) or not SOURCE_RE.match(source):
         raise RecordError(
             f"record: source {str(source)[:60]!r}: must be 1-64 letters, digits, '_', '.', ':' "

@@ -1,0 +1,42 @@
+"""``gasguard-uplinks``: the uplinks process (MQTT, GB/T 26875.3, SMS), as systemd runs it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway import log
+from gateway.uplinks.config import load_site
+from gateway.uplinks.service import UplinkService
+from gateway.validate import ConfigError
+
+DEFAULT_CONFIG = Path("/etc/gasguard/gasguard.toml")
+
+
+def run(config_path: Path) -> int:
+    """Run the uplinks until SIGTERM; exit status 1 for a config it cannot use."""
+    log.setup()
+    try:
+        cfg, uplink_cfg = load_site(config_path)
+    except ConfigError as e:
+        print(f"{config_path}: {len(e.problems)} problem(s), config not used:", file=sys.stderr)
+        for p in e.problems:
+            print(f"  {p}", file=sys.stderr)
+        log.error("uplinks.config_refused", path=config_path, problems=len(e.problems))
+        return 1
+    return UplinkService(cfg, uplink_cfg).run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="gasguard-uplinks", description="The gasguard uplinks process (centres, SMS)."
+    )
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    args = p.parse_args(argv)
+    return run(args.config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
