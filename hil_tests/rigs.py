@@ -28,8 +28,8 @@ from typing import Any
 from gpiozero import Factory
 from gpiozero.pins.mock import MockFactory
 
+from gateway import configfile
 from gateway.config import Config, load_config
-from gateway.profiles import default_profiles_dir
 from gateway.safety.controller import Controller
 from gateway.store.events import EventStore
 from hil_tests.firmware_host import HostFirmware, load
@@ -47,18 +47,22 @@ class Wire:
     to_pico: bool
 
 
+PINS = configfile.EXAMPLE_PINS
+
+
 def _wiring() -> tuple[Wire, ...]:
     board = load("fixture.board")
     valve, sounder, red, yellow, green = board.WATCH_PINS
     return (
-        Wire("valve", 17, valve, True),
-        Wire("sounder", 22, sounder, True),
-        Wire("red", 23, red, True),
-        Wire("yellow", 24, yellow, True),
-        Wire("green", 25, green, True),
-        Wire("feedback", 27, board.FEEDBACK_PIN, False),
-        Wire("reset", 6, board.RESET_PIN, False),
-        Wire("silence", 5, board.SILENCE_PIN, False),
+        # The Pi side is the example config's wiring.
+        Wire("valve", PINS["valve"], valve, True),
+        Wire("sounder", PINS["sounder"], sounder, True),
+        Wire("red", PINS["red"], red, True),
+        Wire("yellow", PINS["yellow"], yellow, True),
+        Wire("green", PINS["green"], green, True),
+        Wire("feedback", PINS["feedback"], board.FEEDBACK_PIN, False),
+        Wire("reset", PINS["reset"], board.RESET_PIN, False),
+        Wire("silence", PINS["silence"], board.SILENCE_PIN, False),
     )
 
 
@@ -91,61 +95,38 @@ class Site:
 
 def config_text(site: Site, bus_port: str) -> str:
     """The gasguard config for ``site`` on this wiring, with every path relative to its file."""
-    lines = [
-        "# Written by the HIL suite (hil_tests/rigs.py) for one scenario.",
-        f'profiles_dir = "{default_profiles_dir()}"',
-        "[site]",
-        'id = "HIL-RIG-01"',
-        'name = "HIL rig"',
-        'address = "test bench"',
-        "[timings]",
-        f"poll_period_s = {site.poll_period_s}",
-        f"comm_fault_timeout_s = {site.comm_fault_timeout_s}",
-        f"confirm_count = {site.confirm_count}",
-        "[storage]",
-        'data_dir = "data"',
-        "[control]",
-        'socket = "control.sock"',
-        "[[bus]]",
-        'name = "bus0"',
-        f'port = "{bus_port}"',
-        f"baud = {site.baud}",
-        f'parity = "{site.parity}"',
-        "stop_bits = 1",
-        f"timeout_s = {site.bus_timeout_s}",
-        "retries = 1",
-    ]
-    for d in site.detectors:
-        lines += [
-            "[[detector]]",
-            f'name = "{d.name}"',
-            'zone = "kitchen"',
-            'bus = "bus0"',
-            f"address = {d.address}",
-            f'profile = "{d.profile}"',
-            'gas = "natural-gas"',
-            "low_lel = 20",
-            "high_lel = 50",
-        ]
-    lines += [
-        "[[valve]]",
-        'name = "main-inlet"',
-        'kind = "held-open"',
-        f"output_pin = {PI['valve']}",
-        f"feedback_pin = {PI['feedback']}",
-        'feedback_closed_level = "high"',
-        f"close_confirm_s = {site.close_confirm_s}",
-        'zones = ["kitchen"]',
-        "[annunciator]",
-        f"sounder_pin = {PI['sounder']}",
-        f"red_pin = {PI['red']}",
-        f"yellow_pin = {PI['yellow']}",
-        f"green_pin = {PI['green']}",
-        f"silence_pin = {PI['silence']}",
-        f"reset_pin = {PI['reset']}",
-        f"reset_hold_s = {RESET_HOLD_S}",
-    ]
-    return "\n".join(lines) + "\n" + site.extra_config
+    return configfile.render(
+        configfile.SiteFile(
+            site_id="HIL-RIG-01",
+            site_name="HIL rig",
+            site_address="test bench",
+            buses=[
+                configfile.BusSpec(
+                    "bus0", bus_port, site.baud, site.parity, timeout_s=site.bus_timeout_s
+                )
+            ],
+            detectors=[
+                configfile.DetectorSpec(d.name, "kitchen", "bus0", d.address, d.profile)
+                for d in site.detectors
+            ],
+            valves=[
+                configfile.ValveSpec(
+                    "main-inlet",
+                    ("kitchen",),
+                    PI["valve"],
+                    PI["feedback"],
+                    close_confirm_s=site.close_confirm_s,
+                )
+            ],
+            poll_period_s=site.poll_period_s,
+            comm_fault_timeout_s=site.comm_fault_timeout_s,
+            confirm_count=site.confirm_count,
+            reset_hold_s=RESET_HOLD_S,
+            pins=PI,
+            comment="Written by the HIL suite (hil_tests/rigs.py) for one scenario.",
+            extra=site.extra_config,
+        )
+    )
 
 
 class Gateway:
