@@ -3,7 +3,10 @@ collector for what they deliver. Generic on purpose: other test files may use an
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
+import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -16,6 +19,9 @@ from gateway.core.model import CommFailure, Gas, Reading
 from gateway.drivers.modbus_bus import DetectorBus
 from gateway.profiles import Profile, default_profiles_dir, load_profiles
 from gateway.sim.emulator import BusEmulator, EmulatedDetector
+from tests.uplink_fixtures import mosquitto_fixture, uplink_site_fixture
+
+__all__ = ["mosquitto_fixture", "uplink_site_fixture"]  # the `mosquitto`, `uplink_site` fixtures
 
 
 @pytest.fixture(scope="session")
@@ -148,3 +154,57 @@ def start_bus(bus_emulator: Callable[..., BusEmulator]) -> Iterator[Callable[...
     yield make
     for poller in made:
         poller.stop()
+
+
+# -- a small real filesystem for storage faults -------------------------------------------------
+
+
+class SmallDisk:
+    """A tmpfs of ``size`` bytes mounted at ``path``: it fills up, and can go read-only."""
+
+    def __init__(self, path: Path, size: int = 2 * 1024 * 1024) -> None:
+        self.path = path
+        path.mkdir(parents=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            pytest.fail(
+                f"these tests mount a small tmpfs and need root (CI runs as root): "
+                f"{done.stderr.strip()}"
+            )
+        self.filler = path / "filler"
+
+    def fill(self) -> None:
+        """Fill every free byte (unbuffered writes until ENOSPC)."""
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            for size in (65536, 512, 1):
+                with contextlib.suppress(OSError):
+                    while True:
+                        os.write(fd, b"\0" * size)
+        finally:
+            os.close(fd)
+
+    def free(self) -> None:
+        self.filler.unlink(missing_ok=True)
+
+    def read_only(self, on: bool) -> None:
+        mode = "ro" if on else "rw"
+        subprocess.run(["mount", "-o", f"remount,{mode}", str(self.path)], check=True)
+
+    def unmount(self) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    """A 2 MiB tmpfs at tmp_path/sd: fill it, free it, make it read-only."""
+    d = SmallDisk(tmp_path / "sd")
+    try:
+        yield d
+    finally:
+        d.unmount()

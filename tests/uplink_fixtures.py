@@ -1,9 +1,8 @@
 """A real mosquitto broker for the uplink tests, on a free loopback port.
 
-Use it from a test module with ``from tests.uplink_fixtures import mosquitto_fixture  # noqa: F401``
-(pytest puts tests/ on sys.path; a fixture imported into a module is found; the fixture's name
-is ``mosquitto`` and ``from tests.uplink_fixtures import mosquitto`` works too).
-The fixture yields a ``Mosquitto``:
+``tests/conftest.py`` makes its fixtures (``mosquitto``, ``uplink_site``) available to every
+test under tests/; the HIL suite imports ``Mosquitto`` itself. The fixture yields a
+``Mosquitto``:
 
 * ``host`` / ``port``: where the broker listens (always 127.0.0.1, plain MQTT, anonymous).
 * ``stop()``: end the broker (SIGTERM: it saves its persistence file first, as a real broker
@@ -193,11 +192,6 @@ def mosquitto_fixture(tmp_path: Path) -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.stop()
-
-
-# Both names import the same fixture (named "mosquitto"); ``mosquitto_fixture`` lets a test
-# module import it without ruff's F811 on every test that takes ``mosquitto``.
-mosquitto = mosquitto_fixture
 
 
 # -- the gateway side of an uplink test ------------------------------------------------------------

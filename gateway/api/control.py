@@ -109,14 +109,19 @@ def _error_line(text: str, request_id: Any = None) -> bytes:
     return _line(reply)
 
 
-def _peer_uid(conn: socket.socket) -> int | None:
-    """The connecting process's user id (Linux SO_PEERCRED), None where it cannot be read."""
+def _peer(conn: socket.socket) -> tuple[int, int] | None:
+    """The connecting process's (pid, uid) (Linux SO_PEERCRED), None where it cannot be read."""
     try:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     except (OSError, AttributeError):
         return None
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return int(uid)
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return int(pid), int(uid)
+
+
+def _peer_uid(conn: socket.socket) -> int | None:
+    peer = _peer(conn)
+    return None if peer is None else peer[1]
 
 
 class ControlServer:
@@ -131,6 +136,8 @@ class ControlServer:
         client_timeout_s: float = CLIENT_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
         refuse_uids: Collection[int] = (),
+        privileged: Collection[str] = (),
+        privileged_uids: Collection[int] | None = None,
     ) -> None:
         for name in handlers:
             if not isinstance(name, str) or not name:
@@ -146,6 +153,13 @@ class ControlServer:
         # Peers (by SO_PEERCRED uid) that may not use this socket at all: the uplinks process's
         # user on the control socket, so network code can never ask for a reset.
         self.refuse_uids = frozenset(refuse_uids)
+        # Commands that change state (reset, tests, reload ...): only root and this service's
+        # own user (the console runs as it) may send them; a technician's account in the group
+        # may read (status, events). Each one is logged with the peer's uid and pid.
+        self.privileged = frozenset(privileged)
+        self.privileged_uids = frozenset(
+            {0, os.getuid()} if privileged_uids is None else privileged_uids
+        )
         self._listener: socket.socket | None = None
         self._inode: int | None = None
         self._accept_thread: threading.Thread | None = None
@@ -286,7 +300,7 @@ class ControlServer:
 
     def _serve(self, conn: socket.socket) -> None:
         try:
-            self._serve_lines(conn)
+            self._serve_lines(conn, _peer(conn))
         except OSError as e:
             if not self._stopping.is_set():
                 warn("control.client_dropped", reason=f"socket error: {e}")
@@ -297,7 +311,7 @@ class ControlServer:
                 self._clients.pop(conn, None)
             conn.close()
 
-    def _serve_lines(self, conn: socket.socket) -> None:
+    def _serve_lines(self, conn: socket.socket, peer: tuple[int, int] | None) -> None:
         buf = bytearray()
         deadline = time.monotonic() + self.client_timeout_s
         while not self._stopping.is_set():
@@ -312,7 +326,7 @@ class ControlServer:
                 line = bytes(buf[:newline])
                 del buf[: newline + 1]
                 conn.settimeout(self.client_timeout_s)  # a client that never reads is dropped
-                conn.sendall(self.respond(line))
+                conn.sendall(self.respond(line, peer))
                 deadline = time.monotonic() + self.client_timeout_s
                 continue
             remaining = deadline - time.monotonic()
@@ -330,14 +344,15 @@ class ControlServer:
                 if buf.strip():  # a last request without its newline, then end of input
                     conn.settimeout(self.client_timeout_s)
                     with contextlib.suppress(OSError):
-                        conn.sendall(self.respond(bytes(buf)))
+                        conn.sendall(self.respond(bytes(buf), peer))
                 return
             buf += data
 
     # -- one request -----------------------------------------------------------------------------
 
-    def respond(self, line: bytes) -> bytes:
-        """The response line (with its newline) for one request line. Never raises."""
+    def respond(self, line: bytes, peer: tuple[int, int] | None = None) -> bytes:
+        """The response line (with its newline) for one request line from ``peer`` (pid, uid;
+        None: unknown, refused the privileged commands). Never raises."""
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -370,6 +385,16 @@ class ControlServer:
         handler = self.handlers.get(cmd)
         if handler is None:
             return _error_line(f"unknown command {_short(cmd)}: one of {commands}", request_id)
+        if cmd in self.privileged:
+            pid, uid = peer if peer is not None else (None, None)
+            if uid not in self.privileged_uids:
+                warn("control.not_permitted", cmd=cmd, uid=uid, pid=pid)
+                return _error_line(
+                    f"{cmd}: not permitted for uid {uid}: only root and the service's own user "
+                    "(the technician console) may change anything",
+                    request_id,
+                )
+            log("control.command", cmd=cmd, uid=uid, pid=pid)
         args = request.get("args", {})
         if not isinstance(args, dict):
             return _error_line(f"{cmd}: args {_short(args)}: must be a JSON object", request_id)

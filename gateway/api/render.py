@@ -154,6 +154,7 @@ def render_status(status: dict[str, Any]) -> str:
     lines.append(f"Gas:       {gas}")
     lines += _field_list("Alarms", status.get("alarms", "?"), "none")
     lines += _field_list("Faults", status.get("faults", "?"), "none")
+    lines += _render_processes(status)
     sounder = _flag(status.get("sounder"), "on", "off", "?")
     silenced = _flag(status.get("silenced"), "silenced", "not silenced", "silenced ?")
     lines.append(f"Sounder:   {sounder} ({silenced})")
@@ -227,6 +228,24 @@ def render_status(status: dict[str, Any]) -> str:
     )
     lines += _render_uplinks(status)
     return "\n".join(lines) + "\n"
+
+
+def _render_processes(status: dict[str, Any]) -> list[str]:
+    """The event log and the uplinks process, when something is wrong with either."""
+    lines: list[str] = []
+    store = status.get("store")
+    if isinstance(store, dict) and (store.get("ok") is False or store.get("backlog")):
+        lines.append(
+            f"Event log: {'FAULT' if store.get('ok') is False else 'catching up'}: "
+            f"{_text(store.get('error'))}; {_text(store.get('backlog', 0))} item(s) held in "
+            "memory until it can be written"
+        )
+    uplinks = status.get("uplinks_process")
+    if isinstance(uplinks, dict) and uplinks.get("reporting") is False:
+        ago = uplinks.get("last_report_s_ago")
+        since = "never reported" if ago is None else f"last report {_text(ago)} s ago"
+        lines.append(f"Uplinks process: NOT REPORTING ({since}); the gas protection is unaffected")
+    return lines
 
 
 def _render_uplinks(status: dict[str, Any]) -> list[str]:

@@ -70,6 +70,8 @@ def build_status(
             alarms.append(f"{d.name}: {d.latched.name.lower()} alarm (latched until reset{still})")
         if d.fault is not None:
             faults.append(f"{d.name}: {d.fault}")
+    if view.store_fault is not None:
+        faults.append(f"store: {view.store_fault}")
     valves = []
     for v in view.valves:
         vc = valve_cfg.get(v.name)

@@ -1028,12 +1028,18 @@ def cmd_config_discard(c: Console, args: list[str]) -> None:
 def _put_in_force(c: Console, prepared: ce.Prepared, action: str) -> None:
     """Write a prepared change, then have the controller reload it."""
     c.say(prepared.diff.rstrip("\n") or "(no difference)")
+    _refuse_removing_a_latched_detector(c, prepared)
     restart = list(prepared.restart)
     note = ""
-    if restart:
+    if restart == ["uplink"]:
+        note = (
+            "\nThe uplink change takes effect when the uplinks restart "
+            "(systemctl restart gasguard-uplinks; the gas protection is not touched)."
+        )
+    elif restart:
         note = (
             f"\n{', '.join(restart)} change(s) take effect only when the controller restarts "
-            "(it starts with the gas off; systemctl restart gasguard)."
+            "(it starts with the gas off; systemctl restart gasguard-safety)."
         )
     confirm(c.io, f"Write this configuration to {c.config_path} and put it in force?{note}")
     c.editor.commit(prepared)
@@ -1072,6 +1078,26 @@ def _put_in_force(c: Console, prepared: ce.Prepared, action: str) -> None:
     raise Failed(
         "the controller refused it; the file was put back as it was:\n  " + "\n  ".join(problems)
     )
+
+
+def _refuse_removing_a_latched_detector(c: Console, prepared: ce.Prepared) -> None:
+    """A latch is cleared only by the local manual reset: a configuration without a detector
+    whose alarm is latched is refused here too (the controller would refuse the reload)."""
+    try:
+        status = c.link.call("status")
+    except ControlError:
+        return  # the controller refuses it itself when it reloads or starts
+    kept = {d.name for d in prepared.config.detectors}
+    gone = [
+        f"detector {d.get('name')} has a latched {d.get('latched')} alarm: it cannot be removed "
+        "until a local reset has cleared the latch"
+        for d in status.get("detectors") or []
+        if isinstance(d, dict)
+        and d.get("latched") not in (None, "normal")
+        and d.get("name") not in kept
+    ]
+    if gone:
+        raise Failed("refused, nothing written:\n  " + "\n  ".join(gone))
 
 
 def cmd_config_apply(c: Console, args: list[str]) -> None:

@@ -132,6 +132,17 @@ class SounderTestRequest:
     operator: str
 
 
+@dataclass(frozen=True, slots=True)
+class StoreHealth:
+    """The event log's state, from the recorder: ``error`` says what is wrong (None: healthy).
+    A store fault is a fault like any other for the staff and the centres (yellow light,
+    sounder, upstream), but never a reason to close or keep closed a valve: gas detection and
+    the valves do not depend on the SD card."""
+
+    at: float
+    error: str | None
+
+
 Input = (
     Reading
     | CommFailure
@@ -141,6 +152,7 @@ Input = (
     | InhibitRequest
     | ValveTestRequest
     | SounderTestRequest
+    | StoreHealth
     | Tick
 )
 

@@ -4,8 +4,8 @@ Pure: no I/O, no clock, no threads, no locks. The controller owns one ``SafetyCo
 safety thread, feeds it every input and applies the returned ``Outputs`` to the valves *before*
 anything is recorded or forwarded.
 
-Rules (each one is a test in ``tests/test_safety_core.py`` or a property in
-``tests/test_safety_properties.py``):
+Rules (each one is a test in ``tests/core/test_safety_core.py`` or a property in
+``tests/core/test_safety_properties.py``):
 
 * A detector's level rises to L when its last ``confirm_count`` readings are all at L or above
   (GB 16808-2025: alarm confirmed by >= 2 signals); it falls when its last ``confirm_count``
@@ -26,6 +26,8 @@ Rules (each one is a test in ``tests/test_safety_core.py`` or a property in
   ends, gas still present latches at once. Valve and sounder tests are operator inputs too.
 * Time never runs backwards: inputs are judged at the latest time seen, and a reading that
   waited longer than ``comm_fault_timeout_s`` is stale and ignored.
+* A store fault (the event log cannot be written) is a fault for the lights, the sounder and
+  the record, and changes no valve.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from gateway.core.model import (
     SafetyPlan,
     SilenceRequest,
     SounderTestRequest,
+    StoreHealth,
     Tick,
     ValveFeedback,
     ValvePlan,
@@ -91,6 +94,7 @@ class CoreView:
     detectors: tuple[DetectorView, ...]
     valves: tuple[ValveView, ...]
     silenced: bool
+    store_fault: str | None = None
 
 
 class _Detector:
@@ -182,6 +186,7 @@ class SafetyCore:
         self._valves: dict[str, _Valve] = {}
         self._zone_valves: dict[str, list[_Valve]] = {}
         self._silenced = False
+        self._store_fault: str | None = None
         self._events: list[Event] = []
         self._now = now
         self._sounder_test_until = now
@@ -230,7 +235,28 @@ class SafetyCore:
 
     def replan(self, plan: SafetyPlan, now: float) -> Outputs:
         """Apply a new, already validated plan (config reload). Latches and valve lockouts are
-        kept; new valves start closed; nothing is opened."""
+        kept; new valves start closed; nothing is opened. A plan without a detector whose alarm
+        is latched is refused (``config.refused``, nothing changes): only the local manual
+        reset may clear a latch."""
+        names = {dp.name for dp in plan.detectors}
+        latched = [
+            d for n, d in self._detectors.items() if d.latched > Level.NORMAL and n not in names
+        ]
+        if latched:
+            reasons = [
+                f"detector {d.plan.name} has a latched {d.latched.name.lower()} alarm: it cannot "
+                "be removed until a local reset has cleared the latch"
+                for d in latched
+            ]
+            self._events.append(
+                Event(
+                    "config.refused",
+                    "site",
+                    now,
+                    {"reasons": reasons, "detectors": [d.plan.name for d in latched]},
+                )
+            )
+            return self._finish(now)
         self._apply_plan(plan, now)
         self._events.append(
             Event("config.applied", "site", now, {"detectors": len(plan.detectors)})
@@ -270,6 +296,8 @@ class SafetyCore:
             self._on_valve_test(inp, now)
         elif isinstance(inp, SounderTestRequest):
             self._on_sounder_test(inp, now)
+        elif isinstance(inp, StoreHealth):
+            self._on_store_health(inp, now)
         elif not isinstance(inp, Tick):  # pragma: no cover - the Input union is closed
             raise TypeError(f"unknown safety input {inp!r}")
         return self._finish(now)
@@ -566,6 +594,19 @@ class SafetyCore:
 
     # -- time and decisions ------------------------------------------------------------------
 
+    def _on_store_health(self, health: StoreHealth, now: float) -> None:
+        """A store fault: shown and sounded (a new fault), raised and cleared once each; the
+        valves are not touched."""
+        text = None if health.error is None else str(health.error)[:300]
+        if text is not None and self._store_fault is None:
+            self._silenced = False
+            self._events.append(
+                Event("fault.raised", "store", now, {"fault": "store", "text": text})
+            )
+        elif text is None and self._store_fault is not None:
+            self._events.append(Event("fault.cleared", "store", now, {"fault": "store"}))
+        self._store_fault = text
+
     def _finish(self, now: float) -> Outputs:
         self._decide(now)
         return self._outputs()
@@ -631,8 +672,10 @@ class SafetyCore:
 
     def _outputs(self) -> Outputs:
         any_alarm = any(d.latched > Level.NORMAL for d in self._detectors.values())
-        any_fault = any(d.fault is not None for d in self._detectors.values()) or any(
-            v.failed for v in self._valves.values()
+        any_fault = (
+            any(d.fault is not None for d in self._detectors.values())
+            or any(v.failed for v in self._valves.values())
+            or self._store_fault is not None
         )
         # Steady yellow: attention, no fault: gas locked off awaiting a reset, or a detector
         # inhibited for calibration.
@@ -681,6 +724,7 @@ class SafetyCore:
                 for v in self._valves.values()
             ),
             silenced=self._silenced,
+            store_fault=self._store_fault,
         )
 
     def latched(self) -> dict[str, Level]:

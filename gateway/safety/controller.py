@@ -28,18 +28,32 @@ from gpiozero import Factory
 
 from gateway.api.control import ControlServer, Handler
 from gateway.api.status import build_status
+from gateway.appliance.cpus import make_realtime
 from gateway.config import Config, load_config
-from gateway.core.model import Event, Input, ResetRequest, SilenceRequest, SounderTestRequest
+from gateway.core.model import (
+    Event,
+    Input,
+    ResetRequest,
+    SilenceRequest,
+    SounderTestRequest,
+    StoreHealth,
+)
 from gateway.core.safety import SafetyCore
 from gateway.drivers.annunciator import Annunciator
 from gateway.drivers.valve import ShutoffValve, make_valve
 from gateway.log import error, log
 from gateway.paths import EVENTS_DB, events_db, uplink_socket
-from gateway.safety.handlers import control_handlers, report_age_s, uplink_handlers
+from gateway.safety.handlers import (
+    STATE_CHANGING,
+    control_handlers,
+    report_age_s,
+    uplink_handlers,
+)
 from gateway.safety.loop import TICK_S, LoopTimeout, Replan, SafetyLoop, Snapshot
 from gateway.safety.peers import uplink_uids
 from gateway.safety.pollers import Pollers
-from gateway.store.events import EventStore, StoredEvent
+from gateway.store.events import StoredEvent, latched_from_log
+from gateway.store.latchfile import LatchFile, latch_path, union
 from gateway.store.recorder import Recorder, RecorderItem
 from gateway.validate import ConfigError
 
@@ -69,8 +83,12 @@ class Controller:
         simulated: bool = False,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        realtime_priority: int | None = None,
     ) -> None:
         self.config = config
+        # SCHED_FIFO for the threads on the path to the valve (the safety thread and the bus
+        # pollers) only; everything else in the process stays ordinary (see appliance.cpus).
+        self._on_path_thread = lambda: make_realtime(realtime_priority)
         self.simulated = simulated
         self.clock = clock
         self.wall = wall
@@ -80,7 +98,7 @@ class Controller:
         self.valves: dict[str, ShutoffValve] = {}
         self.annunciator: Annunciator | None = None
         self.loop: SafetyLoop | None = None
-        self.pollers = Pollers(self.submit, clock)
+        self.pollers = Pollers(self.submit, clock, self._on_path_thread)
         self.recorder: Recorder | None = None
         self.control: ControlServer | None = None
         self.uplink_server: ControlServer | None = None
@@ -119,7 +137,10 @@ class Controller:
     def start(self) -> None:
         """Valves first: build them (closed) before anything else can fail half-way."""
         cfg = self.config
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # the recorder reports it as a store fault; detection goes on
+            error("controller.data_dir_unusable", path=cfg.data_dir, error=repr(e))
         try:
             for vc in cfg.valves:
                 valve = make_valve(vc, self._pin_factory)
@@ -131,8 +152,10 @@ class Controller:
                 on_reset=lambda: self.submit(ResetRequest(self.clock())),
                 pin_factory=self._pin_factory,
             )
-            with EventStore(self.events_path, cfg.event_capacity) as store:
-                latched = store.load_latched()
+            # The latches survive whatever the event log's state: each detector's higher level
+            # from the log and from the separate latch file.
+            latch_file = LatchFile(latch_path(cfg.data_dir))
+            latched = union(latched_from_log(self.events_path), latch_file.load())
             now = self.clock()
             self.started_at = now
             loop = SafetyLoop(
@@ -143,10 +166,18 @@ class Controller:
                 clock=self.clock,
                 wall=self.wall,
                 first_poll_done=self.first_poll_done,
+                on_thread_start=self._on_path_thread,
             )
             for listener in self._cycle_listeners:
                 loop.on_cycle(listener)
-            self.recorder = Recorder(self.events_path, cfg.event_capacity, self.recorder_inbox)
+            self.recorder = Recorder(
+                self.events_path,
+                cfg.event_capacity,
+                self.recorder_inbox,
+                on_health=lambda text: self.submit(StoreHealth(self.clock(), text)),
+                latch_file=latch_file,
+                latched=latched,
+            )
             self.recorder.subscribe(self._on_stored)
             self.recorder.start()
             self.record(
@@ -173,6 +204,7 @@ class Controller:
                 cfg.control_socket,
                 {**control_handlers(self), **self._extra_handlers},
                 refuse_uids=uplink_uids(),
+                privileged=STATE_CHANGING,
             )
             self.control.start()
             self.uplink_server = ControlServer(
@@ -327,9 +359,12 @@ class Controller:
             if self.loop is None:
                 raise ReloadRefused("the controller has not started yet")
             try:
-                self.loop.ask(Replan(self.clock(), new.plan()))
+                events = self.loop.ask(Replan(self.clock(), new.plan()))
             except LoopTimeout as e:
                 raise ReloadRefused(str(e)) from None
+            refused = [e for e in events if e.kind == "config.refused"]
+            if refused:
+                raise ReloadRefused("; ".join(refused[0].details.get("reasons", [])))
             self.config = new
             self.pollers.apply(new)
             log("config.reloaded", path=str(new.path), detectors=len(new.detectors))
@@ -389,9 +424,19 @@ class Controller:
         report = self.uplink_report
         age = report_age_s(self)
         status["uplinks"] = report[1] if report is not None else {}
+        expected = bool(self.config.uplink_table)
         status["uplinks_process"] = {
-            "reporting": age is not None and age <= UPLINK_STALE_S,
+            "expected": expected,
+            "reporting": (age is not None and age <= UPLINK_STALE_S) if expected else None,
             "last_report_s_ago": None if age is None else round(age, 1),
+        }
+        recorder = self.recorder
+        status["store"] = {
+            "path": str(self.events_path),
+            "ok": recorder is not None and recorder.health is None,
+            "error": recorder.health if recorder is not None else "not started",
+            "backlog": recorder.backlog if recorder is not None else 0,
+            "dropped": recorder.dropped if recorder is not None else 0,
         }
         status["duty_check_pending_utc"] = self.duty_check_pending
         return status

@@ -45,6 +45,20 @@ if TYPE_CHECKING:
     from gateway.safety.controller import Controller
 
 SCAN_LINES = ("configured", "defaults", "all")
+# Control-socket commands that change something: only root and the service's own user.
+STATE_CHANGING = frozenset(
+    {
+        "silence",
+        "reset",
+        "inhibit",
+        "test_valve",
+        "test_sounder",
+        "reload",
+        "duty_answer",
+        "record",
+        "scan",
+    }
+)
 MAX_REPORT_BYTES = 32 * 1024  # the uplinks' state document
 
 

@@ -77,8 +77,10 @@ class SafetyLoop:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         first_poll_done: threading.Event | None = None,
+        on_thread_start: Callable[[], object] | None = None,
     ) -> None:
         self.core = core
+        self._on_thread_start = on_thread_start
         self.valves = valves
         self.annunciator = annunciator
         self.recorder_inbox = recorder_inbox
@@ -133,6 +135,8 @@ class SafetyLoop:
     # -- the thread --------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        if self._on_thread_start is not None:
+            self._on_thread_start()
         core = self.core
         inbox = self.inbox
         clock = self._clock

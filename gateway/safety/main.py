@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway import log
+from gateway.appliance.cpus import apply_from_env, realtime_priority_from_env
 from gateway.appliance.heartbeat import attach as attach_systemd
 from gateway.appliance.notify import NotifyError
 from gateway.config import Config, load_config
@@ -51,11 +52,14 @@ def run(config_path: Path) -> int:
     log.setup()
     if os.environ.get("GASGUARD_MLOCK") == "1":
         lock_memory()
+    cpus = apply_from_env()  # before any thread starts: they inherit it
+    if cpus is not None:
+        log.log("safety.cpus", cpus=",".join(map(str, sorted(cpus))))
     cfg = load_or_explain(config_path)
     if cfg is None:
         log.error("safety.config_refused", path=config_path)
         return 1
-    controller = Controller(cfg)
+    controller = Controller(cfg, realtime_priority=realtime_priority_from_env())
     try:
         # READY=1 after the first complete poll; WATCHDOG=1 only from the safety thread.
         link = attach_systemd(controller)

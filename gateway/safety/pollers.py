@@ -23,10 +23,14 @@ class Pollers:
     """The running ``DetectorBus`` threads; readings go to ``deliver`` (the safety inbox)."""
 
     def __init__(
-        self, deliver: Callable[[Input], None], clock: Callable[[], float] = time.monotonic
+        self,
+        deliver: Callable[[Input], None],
+        clock: Callable[[], float] = time.monotonic,
+        on_thread_start: Callable[[], object] | None = None,
     ) -> None:
         self._deliver = deliver
         self._clock = clock
+        self._on_thread_start = on_thread_start
         self._lock = threading.Lock()
         self._config: Config | None = None
         self.buses: list[DetectorBus] = []
@@ -38,6 +42,7 @@ class Pollers:
         poller = DetectorBus(
             bus, detectors, config.timings.poll_period_s, self._deliver, clock=self._clock
         )
+        poller.on_thread_start = self._on_thread_start
         poller.start()
         return poller
 

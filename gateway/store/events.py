@@ -38,6 +38,7 @@ from types import TracebackType
 from typing import Any
 
 from gateway.core.model import Event, Level
+from gateway.log import error
 from gateway.store.sqlite import open_durable
 
 SCHEMA_VERSION = 1
@@ -209,6 +210,12 @@ class EventReader:
         except ValueError as e:
             raise EventStoreError(f"event store {self.path}: state {key!r} is not JSON: {e}") from e
 
+    def quick_check(self) -> str | None:
+        """None when SQLite's quick check finds nothing wrong, else what it found."""
+        rows = self._query("PRAGMA quick_check", (), "checking the file")
+        text = "; ".join(str(r[0]) for r in rows[:5])
+        return None if text == "ok" else text
+
     def load_latched(self) -> dict[str, Level]:
         """Alarms latched before the last stop, detector name -> level ({} when none saved).
         Raises EventStoreError for a value that is not a known level: the controller must not
@@ -240,6 +247,8 @@ class EventReader:
 def _check_schema(path: Path, conn: sqlite3.Connection) -> int:
     try:
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    except sqlite3.OperationalError as e:  # unreachable now (locked, read-only medium, I/O)
+        raise EventStoreError(f"event store {path}: cannot read: {e}") from e
     except sqlite3.DatabaseError as e:
         raise EventStoreError(
             f"event store {path} is corrupt or not a SQLite database: {e}; move it aside "
@@ -262,7 +271,14 @@ class EventStore(EventReader):
     waits for another connection's lock before failing (the recorder then retries).
     """
 
-    def __init__(self, path: Path, capacity: int = 10_000, *, busy_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        capacity: int = 10_000,
+        *,
+        busy_timeout_s: float = 5.0,
+        first_seq: int = 0,
+    ) -> None:
         if (
             isinstance(capacity, bool)
             or not isinstance(capacity, int)
@@ -275,6 +291,7 @@ class EventStore(EventReader):
         path = Path(path)
         self.capacity = capacity
         self.rotate_batch = max(1, capacity // 10)
+        self._first_seq = first_seq
         conn, version = open_durable(
             path, "event store", SCHEMA_VERSION, EventStoreError, busy_timeout_s=busy_timeout_s
         )
@@ -300,9 +317,10 @@ class EventStore(EventReader):
                 # A new log starts numbering at the current time in milliseconds, so a log that
                 # replaces a lost or corrupt one keeps counting upwards: upstream receivers
                 # de-duplicate by (site, seq) and must never take a new alarm for an old one.
+                # ``first_seq``: the writer knows a higher number (the log it replaces).
                 conn.execute(
                     "INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)",
-                    (int(time.time() * 1000),),
+                    (max(int(time.time() * 1000), self._first_seq - 1),),
                 )
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
@@ -426,3 +444,31 @@ class EventStore(EventReader):
 
     def __enter__(self) -> EventStore:
         return self
+
+
+def last_seq_of(path: Path) -> int:
+    """The highest number a (possibly damaged) log at ``path`` handed out; 0 if unreadable."""
+    try:
+        conn = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True, timeout=1.0)
+    except sqlite3.Error:
+        return 0
+    try:
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        return int(row[0]) if row else 0
+    except (sqlite3.Error, ValueError, TypeError):
+        return 0
+    finally:
+        conn.close()
+
+
+def latched_from_log(path: Path) -> dict[str, Level]:
+    """The latched alarms the event log at ``path`` holds, read only; {} (and an error logged)
+    when it is missing or cannot be read: the latch file still has them."""
+    if not Path(path).exists():
+        return {}
+    try:
+        with EventStore.open_readonly(path) as reader:
+            return reader.load_latched()
+    except (EventStoreError, sqlite3.Error, OSError) as e:
+        error("store.latched_unreadable", path=path, error=str(e)[:300])
+        return {}

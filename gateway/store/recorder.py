@@ -7,17 +7,21 @@ It only puts items into a ``queue.SimpleQueue`` (unbounded, ``put`` never blocks
 * ``LatchedSnapshot(latched)``: the latched alarms as they are now, to survive a restart.
 
 The recorder takes whatever is waiting, stores it in one transaction (one fsync on the SD card),
-logs each event as a one-liner, then calls the subscribers (uplinks) with the stored event. A
-failing disk does not stop it: it logs, waits (0.1 s doubling to ``retry_max_s``) and retries
-the same items in the same order; nothing behind them is stored first. While it fails,
-``failing`` is True so the controller can show a fault; when the disk is back a
-``store.recovered`` event records how long it was down.
+logs each event as a one-liner, then calls the subscribers with the stored event. A failing
+disk does not stop it, nor the controller: the items wait in memory in order while it retries
+(0.1 s doubling to ``retry_max_s``); ``on_health`` reports the fault to the safety core (yellow
+light, sounder, ``fault.raised store``); when the disk is back a ``store.recovered`` event
+records how long it was down. See ``Recorder`` for corrupt, read-only and deleted logs.
 """
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import queue
+import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -27,11 +31,17 @@ from typing import Any
 
 from gateway.core.model import Event, Level
 from gateway.log import error, log, warn
-from gateway.store.events import EventStore, StoredEvent
+from gateway.store.events import EventStore, EventStoreError, StoredEvent, last_seq_of
+from gateway.store.latchfile import LatchFile, LatchFileError
 
 # Events whose log line is a warning: what a technician looks for first.
 _WARN_KINDS = ("alarm.", "fault.raised", "valve.failed", "operator.reset_refused")
+# Events never dropped from a backlog that outgrew MAX_BACKLOG while the store was failing.
+_KEEP_KINDS = ("alarm.", "fault.", "valve.", "operator.", "store.")
 MAX_BATCH = 500
+MAX_BACKLOG = 100_000  # items held in memory while the store fails (a few tens of MB at most)
+IDLE_CHECK_S = 2.0  # with nothing to store, the log file is still checked this often
+FULL_BELOW_BYTES = 256 * 1024  # an I/O error with less room than this is a full disk
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +69,16 @@ class Recorder:
     """Drains a queue of (utc, Event) items and latched-state snapshots written by the safety
     thread, stores them, logs each event as a one-liner, then calls subscribers.
 
+    A store that cannot be used never stops it (nor the controller): the items wait in memory,
+    in order (``backlog``), while it retries (0.1 s doubling to ``retry_max_s``), and
+    ``on_health(text)`` reports the fault (``on_health(None)`` once stored again). A store that
+    is really corrupt (``PRAGMA quick_check``, or not a database at all) is moved aside, kept
+    for inspection, and a new log continues the numbering upwards; a full disk is called a full
+    disk and a read-only store a read-only store. A log file deleted or replaced while running
+    is noticed (its inode), a new one is started and the latched state still in memory is
+    written into it. Latched snapshots also go to ``latch_file`` at once, whatever the event
+    log's state.
+
     Subscribers run in the recorder thread after the event is durable; they must return quickly
     (queue the work) and an exception in one is logged and does not stop recording.
     """
@@ -71,23 +91,43 @@ class Recorder:
         *,
         busy_timeout_s: float = 5.0,
         retry_max_s: float = 5.0,
+        on_health: Callable[[str | None], None] | None = None,
+        latch_file: LatchFile | None = None,
+        latched: Mapping[str, Level] | None = None,
     ) -> None:
         self.store_path = Path(store_path)
         self.capacity = capacity
         self.inbox = inbox
         self.busy_timeout_s = busy_timeout_s
         self.retry_max_s = retry_max_s
+        self.on_health = on_health
+        self.latch_file = latch_file
         self._subscribers: list[Callable[[StoredEvent], None]] = []
         self._thread: threading.Thread | None = None
         self._abandon = threading.Event()
         self._failing_since: float | None = None
+        self._store: EventStore | None = None
+        self._inode: int | None = None
+        self._db_error: str | None = None
+        self._latch_error: str | None = None
+        self._health: str | None = None
+        self._last_latched: dict[str, Level] = dict(latched or {})
+        self._after_open: list[tuple[float, Event] | LatchedSnapshot] = []
+        self._high_seq = 0  # the highest event number seen: a replacement log numbers above it
         self.last_error: str | None = None
         self.stored = 0
+        self.backlog = 0  # items waiting in memory for the store
+        self.dropped = 0  # non-alarm events dropped because the backlog was full
 
     @property
     def failing(self) -> bool:
         """True while the last write failed and items are waiting to be retried."""
         return self._failing_since is not None
+
+    @property
+    def health(self) -> str | None:
+        """What is wrong with the store now (None: healthy)."""
+        return self._health
 
     def subscribe(self, callback: Callable[[StoredEvent], None]) -> None:
         """Call ``callback(stored_event)`` for every event once it is stored. Subscribe before
@@ -95,22 +135,17 @@ class Recorder:
         self._subscribers.append(callback)
 
     def start(self) -> None:
-        """Open the store in the recorder thread and start draining. Raises EventStoreError
-        (corrupt, newer schema, unwritable) or ValueError (capacity) if the store cannot open."""
+        """Start the thread; returns once it has tried to open the store (a store that cannot
+        be used is a fault reported through ``on_health``, never an exception here)."""
         if self._thread is not None:
             raise RuntimeError("recorder already started")
         self._abandon.clear()
         opened = threading.Event()
-        failure: list[BaseException] = []
         self._thread = threading.Thread(
-            target=self._run, args=(opened, failure), name="recorder", daemon=True
+            target=self._run, args=(opened,), name="recorder", daemon=True
         )
         self._thread.start()
         opened.wait()
-        if failure:
-            self._thread.join()
-            self._thread = None
-            raise failure[0]
 
     def flush(self, timeout: float) -> bool:
         """Wait until everything queued so far is stored; False if that took over ``timeout``
@@ -135,86 +170,262 @@ class Recorder:
             thread.join(max(1.0, self.retry_max_s + 1.0))
         self._thread = None
 
+    # -- health ----------------------------------------------------------------------------------
+
+    def _set_health(self) -> None:
+        health = self._db_error or self._latch_error
+        if health == self._health:
+            return
+        self._health = health
+        if health is None:
+            log("recorder.healthy", path=self.store_path)
+        if self.on_health is not None:
+            try:
+                self.on_health(health)
+            except Exception as e:  # reporting must never stop recording
+                error("recorder.health_callback_failed", error=repr(e))
+
+    def _save_latch(self, latched: Mapping[str, Level]) -> None:
+        self._last_latched = dict(latched)
+        if self.latch_file is None:
+            return
+        try:
+            self.latch_file.save(latched)
+        except LatchFileError as e:
+            if self._latch_error is None:
+                error("recorder.latch_file_failed", error=str(e))
+            self._latch_error = str(e)
+        else:
+            self._latch_error = None
+        self._set_health()
+
+    # -- opening the store ---------------------------------------------------------------------
+
+    def _open(self) -> EventStore | None:
+        """The store, opened and proven writable; None (and the fault reported) when it cannot
+        be used now. A really corrupt file is moved aside and a new one started."""
+        for attempt in (1, 2):
+            store: EventStore | None = None
+            try:
+                store = EventStore(
+                    self.store_path,
+                    self.capacity,
+                    busy_timeout_s=self.busy_timeout_s,
+                    first_seq=self._high_seq + 1,
+                )
+                problem = store.quick_check()
+                if problem is None:
+                    # A real write: a read-only file, -wal or -shm must show now, not later.
+                    store.put_state("opened_utc", time.time())
+                    self._inode = os.stat(self.store_path).st_ino
+                    self._high_seq = max(self._high_seq, store.last_seq())
+                    if self.latch_file is not None:
+                        try:
+                            self.latch_file.ensure()
+                        except LatchFileError as e:
+                            self._latch_error = str(e)
+                        else:
+                            if self._latch_error is not None:
+                                self._save_latch(self._last_latched)  # catch up, clear
+                    self._db_error = None
+                    self._set_health()
+                    log("recorder.opened", path=self.store_path)
+                    return store
+            except (EventStoreError, sqlite3.Error, OSError, ValueError) as e:
+                problem = None if not _is_corrupt(e) else str(e)
+                if problem is None:
+                    if store is not None:
+                        store.close()
+                    self._db_failed(_describe(self.store_path, e))
+                    return None
+            if store is not None:
+                store.close()
+            if attempt == 2 or not self._move_aside(problem):
+                self._db_failed(f"event log {self.store_path} is corrupt: {problem}")
+                return None
+        return None
+
+    def _move_aside(self, problem: str) -> bool:
+        """Rename the corrupt log (and its -wal and -shm) to ``*.corrupt-UTC``; True if done."""
+        self._high_seq = max(self._high_seq, last_seq_of(self.store_path))
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        kept = self.store_path.with_name(f"{self.store_path.name}.corrupt-{stamp}")
+        try:
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(f"{self.store_path}{suffix}")
+                if src.exists():
+                    os.replace(src, Path(f"{kept}{suffix}"))
+        except OSError as e:
+            error("recorder.move_aside_failed", path=self.store_path, error=repr(e))
+            return False
+        error(
+            "recorder.corrupt_log_moved_aside",
+            path=self.store_path,
+            kept_as=kept,
+            problem=problem[:300],
+            note="a new event log continues the numbering upwards",
+        )
+        self._after_open.append(
+            (
+                time.time(),
+                Event(
+                    "store.moved_aside",
+                    "recorder",
+                    time.monotonic(),
+                    {"kept_as": str(kept), "problem": problem[:300]},
+                ),
+            )
+        )
+        self._after_open.append(LatchedSnapshot(dict(self._last_latched)))
+        return True
+
+    def _db_failed(self, text: str) -> None:
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+        if text != self._db_error:
+            error("recorder.store_failed", error=text)
+        self._db_error = text
+        self.last_error = text
+        self._set_health()
+
+    def _usable(self) -> EventStore | None:
+        """The open store after checking it is still the file at the path (a deleted or replaced
+        log is noticed and a new one started), or a newly opened one."""
+        store = self._store
+        if store is not None:
+            try:
+                inode: int | None = os.stat(self.store_path).st_ino
+            except FileNotFoundError:
+                inode = None
+            except OSError:
+                inode = self._inode  # cannot tell: keep writing, a write error will show
+            if inode != self._inode:
+                what = "deleted" if inode is None else "replaced by another file"
+                text = f"event log {self.store_path} was {what} while running"
+                error("recorder.log_lost", path=self.store_path, what=what)
+                store.close()
+                self._store = store = None
+                self._db_failed(text + "; a new one is started")
+                self._after_open.append(
+                    (
+                        time.time(),
+                        Event("store.replaced", "recorder", time.monotonic(), {"what": what}),
+                    )
+                )
+                self._after_open.append(LatchedSnapshot(dict(self._last_latched)))
+        if store is None:
+            store = self._store = self._open()
+        return store
+
     # -- the thread ----------------------------------------------------------------------------
 
-    def _run(self, opened: threading.Event, failure: list[BaseException]) -> None:
+    def _run(self, opened: threading.Event) -> None:
         try:
-            store = EventStore(self.store_path, self.capacity, busy_timeout_s=self.busy_timeout_s)
-        except Exception as e:  # start() re-raises it in the caller's thread
-            failure.append(e)
+            self._store = self._open()
+        finally:
             opened.set()
-            return
-        opened.set()
         log("recorder.started", path=self.store_path, capacity=self.capacity)
         try:
-            self._loop(store)
+            self._loop()
         finally:
-            store.close()
+            if self._store is not None:
+                self._store.close()
 
-    def _loop(self, store: EventStore) -> None:
+    def _loop(self) -> None:
+        pending: list[tuple[float, Event] | LatchedSnapshot] = []
+        marks: list[RecorderMark] = []
+        delay = 0.1
+        next_try = 0.0
         while True:
-            batch = [self.inbox.get()]
-            # Take what is waiting, up to the next mark: one transaction for all of it.
-            while not isinstance(batch[-1], RecorderMark) and len(batch) < MAX_BATCH:
-                try:
-                    batch.append(self.inbox.get_nowait())
-                except queue.Empty:
+            now = time.monotonic()
+            wait = max(0.0, next_try - now) if pending else IDLE_CHECK_S
+            try:
+                item: RecorderItem | None = self.inbox.get(timeout=wait)
+            except queue.Empty:
+                item = None
+            while item is not None:
+                if isinstance(item, RecorderMark):
+                    marks.append(item)
+                else:
+                    checked = (
+                        LatchedSnapshot(_checked_latched(item.latched))
+                        if isinstance(item, LatchedSnapshot)
+                        else _checked(item)
+                    )
+                    if isinstance(checked, LatchedSnapshot):
+                        self._save_latch(checked.latched)  # at once, whatever the event log
+                    pending.append(checked)
+                if len(pending) >= 4 * MAX_BATCH:
                     break
-            mark: RecorderMark | None = None
-            last = batch[-1]
-            if isinstance(last, RecorderMark):
-                mark = last
-                batch.pop()
-            if batch and not self._store(store, batch):
-                left = len(batch) + self.inbox.qsize()
-                error("recorder.abandoned", path=self.store_path, unsaved_items=left)
+                try:
+                    item = self.inbox.get_nowait()
+                except queue.Empty:
+                    item = None
+            if time.monotonic() >= next_try:
+                store = self._usable()
+                if store is not None and self._after_open:
+                    pending[:0] = self._after_open
+                    self._after_open = []
+                while store is not None and pending:
+                    chunk = pending[:MAX_BATCH]
+                    if not self._store_batch(store, chunk):
+                        break
+                    del pending[: len(chunk)]
+                if pending:
+                    next_try = time.monotonic() + delay
+                    delay = min(delay * 2, self.retry_max_s)
+                else:
+                    delay, next_try = 0.1, 0.0
+            self.dropped += _bound(pending)
+            self.backlog = len(pending)
+            if not pending:
+                for mark in marks:
+                    mark.done.set()
+                    if mark.stop:
+                        log("recorder.stopped", path=self.store_path, stored=self.stored)
+                        return
+                marks.clear()
+            elif self._abandon.is_set():
+                error("recorder.abandoned", path=self.store_path, unsaved_items=len(pending))
                 return
-            if mark is not None:
-                mark.done.set()
-                if mark.stop:
-                    log("recorder.stopped", path=self.store_path, stored=self.stored)
-                    return
 
-    def _store(self, store: EventStore, batch: list[RecorderItem]) -> bool:
-        """Store ``batch`` (no marks), retrying until it is stored; False if abandoned."""
+    def _store_batch(
+        self, store: EventStore, batch: list[tuple[float, Event] | LatchedSnapshot]
+    ) -> bool:
+        """One attempt to store ``batch``; False (and the fault reported) if it failed."""
         events: list[tuple[float, Event]] = []
         latched: Mapping[str, Level] | None = None
         for item in batch:
             if isinstance(item, LatchedSnapshot):
-                latched = _checked_latched(item.latched)
+                latched = item.latched
             else:
-                events.append(_checked(item))
-        delay = 0.1
-        while True:
-            extra: list[tuple[float, Event]] = []
-            if self._failing_since is not None:
-                down = round(time.monotonic() - self._failing_since, 3)
-                extra.append(
-                    (
-                        time.time(),
-                        Event(
-                            "store.recovered",
-                            "recorder",
-                            time.monotonic(),
-                            {"failed_s": down, "error": self.last_error},
-                        ),
-                    )
-                )
-            try:
-                seqs = store.record(events + extra, latched)
-                break
-            except Exception as e:  # keep the items and their order; the disk may come back
-                if self._failing_since is None:
-                    self._failing_since = time.monotonic()
-                self.last_error = str(e)
-                error("recorder.write_failed", error=e, waiting=len(batch), retry_in_s=delay)
-                if self._abandon.wait(delay):
-                    return False
-                delay = min(delay * 2, self.retry_max_s)
+                events.append(item)
+        extra: list[tuple[float, Event]] = []
+        if self._failing_since is not None:
+            down = round(time.monotonic() - self._failing_since, 3)
+            details: dict[str, Any] = {"failed_s": down, "error": self.last_error}
+            if self.dropped:
+                details["events_dropped"] = self.dropped
+            extra.append(
+                (time.time(), Event("store.recovered", "recorder", time.monotonic(), details))
+            )
+        try:
+            seqs = store.record(events + extra, latched)
+        except Exception as e:  # keep the items and their order; the disk may come back
+            self._db_failed(_describe(self.store_path, e))
+            error("recorder.write_failed", error=e, waiting=len(batch))
+            return False
         if self._failing_since is not None:
             log("recorder.recovered", path=self.store_path)
             self._failing_since = None
+            self.dropped = 0
+            self._db_error = None
+            self._set_health()
+        if self._latch_error is not None and self.latch_file is not None:
+            self._save_latch(self._last_latched)  # the card is back: the latch file too
         self.stored += len(seqs)
+        if seqs:
+            self._high_seq = max(self._high_seq, seqs[-1])
         for seq, (utc, event) in zip(seqs, events + extra, strict=True):
             stored = StoredEvent(seq, utc, event.kind, event.source, dict(event.details))
             try:
@@ -227,6 +438,74 @@ class Recorder:
                 except Exception as e:
                     error("recorder.subscriber_failed", subscriber=callback, seq=seq, error=e)
         return True
+
+
+def _is_corrupt(e: BaseException) -> bool:
+    """A file that is damaged or not a database at all, as opposed to one we cannot reach or
+    write now (disk full, read-only, locked, missing directory)."""
+    text = str(e).lower()
+    return any(
+        marker in text for marker in ("not a database", "malformed", "corrupt", "quick_check")
+    ) and not any(marker in text for marker in ("disk is full", "readonly", "read-only"))
+
+
+def _describe(path: Path, e: BaseException) -> str:
+    """The fault as a technician should read it: a full disk is called a full disk (SQLite may
+    only say "disk I/O error" when it cannot create its -wal or -shm), a read-only store a
+    read-only store."""
+    text = str(e)
+    lower = text.lower()
+    try:
+        free: int | None = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    full = "disk is full" in lower or (isinstance(e, OSError) and e.errno == errno.ENOSPC)
+    if full or (free is not None and free < FULL_BELOW_BYTES and "i/o error" in lower):
+        return f"disk full: {path.parent} has {free} bytes free: {text}"
+    if "readonly" in lower or "read-only" in lower or _not_writable(path):
+        return (
+            f"event log {path} is read-only: check the owner and mode of the file, its -wal and "
+            f"-shm, its directory and the filesystem: {text}"
+        )
+    return text
+
+
+def _not_writable(path: Path) -> bool:
+    """The log, its directory or its filesystem refuse writes (checked only to name a fault)."""
+    try:
+        if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+            return True
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            return True
+        return any(
+            Path(f"{path}{suffix}").exists() and not os.access(f"{path}{suffix}", os.W_OK)
+            for suffix in ("", "-wal", "-shm")
+        )
+    except OSError:
+        return False
+
+
+def _bound(pending: list[tuple[float, Event] | LatchedSnapshot]) -> int:
+    """Keep the backlog within MAX_BACKLOG: drop the oldest non-alarm events (never an alarm,
+    fault, valve or reset event, never the latched state); how many were dropped."""
+    over = len(pending) - MAX_BACKLOG
+    if over <= 0:
+        return 0
+    keep: list[tuple[float, Event] | LatchedSnapshot] = []
+    dropped = 0
+    for item in pending:
+        if (
+            dropped < over
+            and not isinstance(item, LatchedSnapshot)
+            and not item[1].kind.startswith(_KEEP_KINDS)
+        ):
+            dropped += 1
+            continue
+        keep.append(item)
+    pending[:] = keep
+    if dropped:
+        error("recorder.backlog_dropped", events=dropped, note="non-alarm events only")
+    return dropped
 
 
 def _checked(item: object) -> tuple[float, Event]:

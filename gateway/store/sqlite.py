@@ -54,6 +54,10 @@ def open_durable(
             # Still durable (synchronous=FULL); only readers may now block the writer.
             warn("store.no_wal", what=what, path=path, journal_mode=mode)
         conn.execute("PRAGMA synchronous=FULL")
+    except sqlite3.OperationalError as e:
+        # Locked, disk full, read-only, I/O error: the file may be perfectly healthy.
+        conn.close()
+        raise error(f"{what} {path}: cannot open: {e}") from e
     except sqlite3.DatabaseError as e:
         conn.close()
         raise error(

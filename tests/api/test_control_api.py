@@ -472,3 +472,29 @@ def test_render_status_shows_uplinks_and_an_unanswered_duty_check() -> None:
     assert "up" in lines["mqtt"].split() and "127.0.0.1:1883" in lines["mqtt"]
     assert "DOWN" in lines["gb26875"] and "connection refused" in lines["gb26875"]
     assert "up" in lines["sms"].split()
+
+
+def test_state_changing_commands_need_a_privileged_peer(sock_path: Path, kitchen: Kitchen) -> None:
+    """The peer's uid comes from the kernel (SO_PEERCRED): a process of a user who may only
+    look (here: this test's own uid, left out of the privileged ones) gets status, never a
+    reset."""
+    others_only = {os.getuid() + 1}
+    srv = ControlServer(
+        sock_path, kitchen.handlers(), privileged={"reset"}, privileged_uids=others_only
+    )
+    srv.start()
+    try:
+        client = ControlClient(sock_path)
+        assert client.call("status")["detectors"] is not None
+        with pytest.raises(ControlError, match=f"reset: not permitted for uid {os.getuid()}"):
+            client.call("reset", operator="tech")
+        assert kitchen.resets == []
+    finally:
+        srv.stop()
+    allowed = ControlServer(sock_path, kitchen.handlers(), privileged={"reset"})  # root, self
+    allowed.start()
+    try:
+        assert ControlClient(sock_path).call("reset", operator="tech") == {"accepted": True}
+        assert kitchen.resets == ["tech"]
+    finally:
+        allowed.stop()

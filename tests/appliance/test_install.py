@@ -38,7 +38,7 @@ from gateway.paths import EVENTS_DB
 from gateway.sim.kitchen import SimBus, SimDetector, SimulatedKitchen
 from gateway.store.events import EventStore
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 
 RUN_CONTROLLER = """

@@ -20,7 +20,7 @@ from gateway.config import load_config
 from gateway.profiles import default_profiles_dir
 from gateway.safety.main import build_parser as build_safety_parser
 
-CONFIG = Path(__file__).resolve().parent.parent / "config"
+CONFIG = Path(__file__).resolve().parents[2] / "config"
 SYSTEMD = CONFIG / "systemd"
 SERVICE = SYSTEMD / "gasguard-safety.service"
 UPLINKS = SYSTEMD / "gasguard-uplinks.service"
@@ -172,10 +172,13 @@ def test_controller_unit_settings() -> None:
     deps = " ".join(v for k in ("After", "Wants", "Requires") for v in unit["Unit"].get(k, []))
     assert "network" not in deps and "uplinks" not in deps
     assert svc["RestrictAddressFamilies"] == "AF_UNIX"
-    # Real-time, modest: above every ordinary process, below the kernel's threads.
-    assert svc["CPUSchedulingPolicy"] == "fifo"
-    assert 1 <= int(svc["CPUSchedulingPriority"]) <= 20
+    # Real-time, modest, for the threads on the path to the valve only: above every ordinary
+    # process, below the kernel's threads; the process may take that priority and no more.
+    assert "CPUSchedulingPolicy" not in svc
+    rt = next(v.split("=", 1)[1] for v in unit["Service"]["Environment"] if "GASGUARD_RT_" in v)
+    assert 1 <= int(rt) <= 20 and svc["LimitRTPRIO"] == rt
     assert svc["LimitMEMLOCK"] == "infinity" and "GASGUARD_MLOCK=1" in env
+    assert "GASGUARD_CPUS=safety" in env  # a core of its own
 
 
 def test_uplinks_unit_settings() -> None:
@@ -193,6 +196,7 @@ def test_uplinks_unit_settings() -> None:
     assert svc["ReadOnlyPaths"] == "/var/lib/gasguard"
     assert svc["ReadWritePaths"] == "/var/lib/gasguard/uplinks"
     assert "MemoryMax" in svc
+    assert "GASGUARD_CPUS=others" in " ".join(unit["Service"]["Environment"])
     safety = parse_unit(SERVICE)["Unit"]
     assert not any(
         "uplinks" in v for k in ("Requires", "Wants", "BindsTo") for v in safety.get(k, [])

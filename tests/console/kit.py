@@ -1,7 +1,5 @@
-"""Shared parts of the console tests (this module has no tests of its own).
-
-Import the fixtures with ``from tests.test_console_kit import site_fixture  # noqa: F401``; their
-pytest names are ``site``, ``module_site`` and ``pty_console``.
+"""Shared parts of the console tests. Its fixtures (``site``, ``module_site`` and
+``pty_console``) reach every test in this folder through ``conftest.py``.
 
 * ``site`` / ``module_site``: a simulated kitchen (emulated Modbus buses on real ptys, mock GPIO
   pins) and a real Controller (its control socket has the console's commands). Detector

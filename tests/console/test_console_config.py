@@ -29,7 +29,7 @@ from gateway.console.configedit import (
 from gateway.profiles import default_profiles_dir
 from gateway.uplinks.config import uplink_config
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "gasguard.example.toml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "gasguard.example.toml"
 
 
 @pytest.fixture

@@ -28,12 +28,11 @@ from gateway.console.configedit import SCHEMAS, previous_path
 from gateway.console.hazards import HazardLedger
 from gateway.console.link import ControllerLink
 from gateway.console.store import ConsoleStore
-from tests.test_console_kit import (  # noqa: F401  (module_site_fixture is a pytest fixture)
+from tests.console.kit import (
     PIN,
     TECH,
     PtyConsole,
     Site,
-    module_site_fixture,
 )
 
 LINES_PER_EXAMPLE = 50

@@ -48,11 +48,10 @@ from gateway.console.uplinktest import run_uplink_test
 from gateway.paths import console_db, events_db, outbox_db
 from gateway.uplinks.outbox import Outbox
 from gateway.uplinks.service import EventFollower
-from tests.test_console_kit import (  # noqa: F401  (site_fixture is a pytest fixture)
+from tests.console.kit import (
     PIN,
     TECH,
     Site,
-    site_fixture,
     wait_for,
 )
 

@@ -11,14 +11,12 @@ from gateway.console.configedit import previous_path
 from gateway.console.hazards import HazardLedger
 from gateway.console.store import ConsoleStore, site_key
 from gateway.sim.kitchen import MAIN_VALVE
-from tests.test_console_kit import (  # noqa: F401  (the *_fixture names are pytest fixtures)
+from tests.console.kit import (
     PIN,
     PROMPT,
     TECH,
     PtyConsole,
     Site,
-    pty_console_fixture,
-    site_fixture,
     wait_for,
 )
 

@@ -26,6 +26,7 @@ from gateway.core.model import (
     SafetyPlan,
     SilenceRequest,
     SounderTestRequest,
+    StoreHealth,
     Tick,
     ValveFeedback,
     ValvePlan,
@@ -820,3 +821,66 @@ def test_sounder_test_sounds_for_its_time_then_stops() -> None:
     assert k.tick(1.5).sounder is False
     k.feed(SounderTestRequest(k.at(), 31.0, "tech-7"))
     assert "operator.refused" in k.kinds()
+
+
+# -- the event log's health ----------------------------------------------------------------------
+
+
+def test_a_store_fault_is_shown_and_sounded_but_changes_no_valve() -> None:
+    k = Kitchen().running()
+    out = k.feed(StoreHealth(k.at(), "disk full: /var/lib/gasguard (0 bytes free)"))
+    assert all(out.valves_open.values())  # the gas does not depend on the SD card
+    assert out.yellow == Light.FLASH_FAULT and out.sounder is True
+    assert k.view().store_fault == "disk full: /var/lib/gasguard (0 bytes free)"
+    raised = [e for e in out.events if e.kind == "fault.raised"]
+    assert [(e.source, e.details["fault"]) for e in raised] == [("store", "store")]
+    # Another failure while faulty changes the text, raises nothing new.
+    out = k.feed(StoreHealth(k.at(), "read-only"))
+    assert not out.events and k.view().store_fault == "read-only"
+    k.silence()
+    assert k.out.sounder is False
+    out = k.feed(StoreHealth(k.at(), None))
+    assert [e.kind for e in out.events] == ["fault.cleared"]
+    assert out.yellow == Light.OFF and all(out.valves_open.values())
+    assert k.view().store_fault is None
+
+
+def test_a_store_fault_neither_blocks_nor_grants_a_reset() -> None:
+    k = Kitchen()
+    k.all_normal()
+    k.feed(StoreHealth(k.at(), "disk full"))
+    assert k.core.reset_blockers() == []
+    assert all(k.reset().valves_open.values())
+    k2 = Kitchen()
+    k2.read("wok-1", 0.0)
+    k2.feed(StoreHealth(k2.at(), None))
+    assert not any(k2.reset().valves_open.values())
+
+
+# -- reload ------------------------------------------------------------------------------------
+
+
+def test_a_plan_without_a_latched_detector_is_refused_and_the_latch_stays() -> None:
+    k = Kitchen().running()
+    k.read("wok-1", 60.0)
+    k.read("wok-1", 60.0)
+    assert k.detector("wok-1").latched == Level.HIGH
+    plan = kitchen_plan()
+    smaller = SafetyPlan(
+        detectors=tuple(d for d in plan.detectors if d.name != "wok-1"),
+        valves=plan.valves,
+        comm_fault_timeout_s=plan.comm_fault_timeout_s,
+        confirm_count=plan.confirm_count,
+    )
+    out = k.core.replan(smaller, k.at())
+    refused = [e for e in out.events if e.kind == "config.refused"]
+    assert refused and refused[0].details["detectors"] == ["wok-1"]
+    assert "wok-1 has a latched high alarm" in refused[0].details["reasons"][0]
+    assert k.detector("wok-1").latched == Level.HIGH  # nothing changed
+    assert out.valves_open["main-inlet"] is False
+    # Once reset (gas gone, confirmed by two normal readings), the same plan is taken.
+    k.all_normal()
+    k.all_normal()
+    k.reset()
+    assert k.detector("wok-1").latched == Level.NORMAL
+    assert [e.kind for e in k.core.replan(smaller, k.at()).events] == ["config.applied"]

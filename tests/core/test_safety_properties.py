@@ -28,6 +28,7 @@ from gateway.core.model import (
     ResetRequest,
     SafetyPlan,
     SilenceRequest,
+    StoreHealth,
     Tick,
     ValveFeedback,
     ValvePlan,
@@ -103,6 +104,7 @@ STEPS = st.one_of(
     st.tuples(st.just("tick"), st.just(0), st.just(None)),
     st.tuples(st.just("inhibit"), st.integers(0, 5), st.sampled_from((0.0, 0.5, 3.0, 30.0))),
     st.tuples(st.just("valve-test"), st.integers(0, 2), st.just(None)),
+    st.tuples(st.just("store"), st.just(0), st.sampled_from((None, "disk full", "read-only"))),
 )
 # Time between steps, as a fraction of the comm-fault timeout: mostly short (a busy kitchen),
 # sometimes long enough for a comm fault, sometimes right at the timeout.
@@ -154,6 +156,9 @@ def expand(plan: SafetyPlan, step: Step, at: float) -> list[Input]:
         return [InhibitRequest(at, det, payload, "tech")]
     if kind == "valve-test":
         return [ValveTestRequest(at, plan.valves[idx % len(plan.valves)].name, "tech")]
+    if kind == "store":
+        assert payload is None or isinstance(payload, str)
+        return [StoreHealth(at, payload)]
     return [Tick(at)]
 
 
@@ -307,8 +312,10 @@ def check_step(
 
     # Lights and sounder follow the state.
     any_alarm = any(d.latched > Level.NORMAL for d in view.detectors)
-    any_fault = any(d.fault is not None for d in view.detectors) or any(
-        v.failed for v in view.valves
+    any_fault = (
+        any(d.fault is not None for d in view.detectors)
+        or any(v.failed for v in view.valves)
+        or view.store_fault is not None
     )
     assert out.green == Light.ON
     assert out.red == (Light.FLASH_ALARM if any_alarm else Light.OFF)

@@ -29,7 +29,7 @@ from gateway.profiles import Profile, default_profiles_dir, load_profiles
 from gateway.rtu import t35
 from gateway.sim.emulator import crc16_modbus, with_crc
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FIRMWARE = REPO / "firmware"
 PROFILES = load_profiles(default_profiles_dir())
 

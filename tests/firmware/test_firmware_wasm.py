@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-WASM = Path(__file__).resolve().parent.parent / "firmware" / "wasm"
+WASM = Path(__file__).resolve().parents[2] / "firmware" / "wasm"
 NODE = shutil.which("node")
 
 

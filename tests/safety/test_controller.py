@@ -288,3 +288,22 @@ def test_technician_commands_over_the_control_socket(
         "detector.inhibited",
     ):
         assert kind in got
+
+
+def test_a_reload_that_drops_a_latched_detector_is_refused_and_the_latch_kept(
+    kitchen: SimulatedKitchen, controller: Controller
+) -> None:
+    opened(kitchen, controller)
+    kitchen.set_gas("wok-1", 60.0)
+    assert wait_for(lambda: not kitchen.valve_coil_energised(), 3)
+    path = kitchen.config_path
+    text = path.read_text()
+    start = text.index('[[detector]]\nname = "wok-1"')
+    path.write_text(text[:start] + text[text.index("[[", start + 5) :])
+    answer = ControlClient(controller.config.control_socket).call("reload")
+    assert answer["applied"] is False
+    assert "wok-1 has a latched" in answer["problems"][0]
+    wok1 = next(d for d in controller.status()["detectors"] if d["name"] == "wok-1")
+    assert wok1["latched"] != "normal"
+    assert "wok-1" in [d.name for d in controller.config.detectors]
+    assert "config.refused" in kinds(controller)

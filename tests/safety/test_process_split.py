@@ -28,7 +28,6 @@ from gateway.uplinks.outbox import is_alarm_class
 from gateway.uplinks.receive import ReceivingCentre
 from tests.uplink_fixtures import (
     Mosquitto,
-    mosquitto_fixture,  # noqa: F401  (the `mosquitto` fixture)
     wait_for,
 )
 

@@ -200,7 +200,7 @@ def test_every_acknowledged_event_survives_sigkill(tmp_path: Path) -> None:
         [sys.executable, "-c", CHILD, str(path)],
         stdout=subprocess.PIPE,
         text=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert child.stdout is not None
     printed: list[int] = []
@@ -317,14 +317,22 @@ def test_recorder_survives_a_transient_error_and_keeps_order(tmp_path: Path) -> 
     assert len(recovered) == 1 and "locked" in recovered[0].details["error"]
 
 
-def test_recorder_start_fails_clearly_on_a_corrupt_store(tmp_path: Path) -> None:
+def test_recorder_start_moves_a_corrupt_store_aside_and_starts_a_new_one(tmp_path: Path) -> None:
     path = tmp_path / "e.db"
-    path.write_bytes(b"\x00garbage" * 1000)
-    recorder = Recorder(path, 999, queue.SimpleQueue())
-    with pytest.raises(EventStoreError, match="corrupt"):
-        recorder.start()
-    assert not recorder.flush(0.1)  # no thread left running
-    assert path.read_bytes().startswith(b"\x00garbage")  # the evidence is left as it was
+    garbage = b"\x00garbage" * 1000
+    path.write_bytes(garbage)
+    health: list[str | None] = []
+    recorder = Recorder(path, 999, queue.SimpleQueue(), on_health=health.append)
+    recorder.start()  # never raises for the store: detection must go on
+    try:
+        kept = list(tmp_path.glob("e.db.corrupt-*"))
+        assert len(kept) == 1 and kept[0].read_bytes() == garbage  # the evidence, as it was
+        assert recorder.flush(5.0) and recorder.health is None
+    finally:
+        recorder.stop()
+    with EventStore.open_readonly(path) as reader:
+        moved = [e for e in reader.recent(10) if e.kind == "store.moved_aside"]
+    assert len(moved) == 1 and moved[0].details["kept_as"] == str(kept[0])
 
 
 def test_recorder_stores_a_bad_item_instead_of_blocking(tmp_path: Path) -> None:

@@ -327,3 +327,11 @@ def test_random_frame_shaped_bytes_never_crash(body: bytes, cuts: list[int]) -> 
     for piece in pieces:
         for o in reader.feed(piece):
             assert isinstance(o, Frame | FrameError)
+
+
+def test_descriptions_are_space_padded_and_either_padding_decodes() -> None:
+    """The standard's worked example pads the 31-byte description with spaces (0x20)."""
+    raw = encode_description("wok-1")
+    assert raw == b"wok-1" + b" " * (DESCRIPTION_LEN - 5)
+    assert decode_description(raw) == "wok-1"
+    assert decode_description(b"wok-1".ljust(DESCRIPTION_LEN, b"\x00")) == "wok-1"

@@ -38,16 +38,14 @@ from gateway.uplinks.mqtt.schema import (
 from gateway.uplinks.outbox import Outbox, OutboxItem
 from gateway.uplinks.receive import ReceivingCentre
 from gateway.validate import Checker
-from tests.uplink_fixtures import (  # noqa: F401  (the *_fixture names are pytest fixtures)
+from tests.uplink_fixtures import (
     Mosquitto,
     UplinkSite,
     free_loopback_port,
-    mosquitto_fixture,
-    uplink_site_fixture,
     wait_for,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SITE = "hz-001"
 
 

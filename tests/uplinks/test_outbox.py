@@ -25,7 +25,7 @@ from gateway.uplinks.outbox import (
     is_alarm_class,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def ev(

@@ -21,16 +21,14 @@ from gateway.uplinks.mqtt import MqttChannel, MqttConfig
 from gateway.uplinks.mqtt.schema import Topics, encode, event_message
 from gateway.uplinks.outbox import OutboxItem
 from gateway.uplinks.receive import ReceivingCentre, add_parser, parse_broker
-from tests.uplink_fixtures import (  # noqa: F401  (the *_fixture names are pytest fixtures)
+from tests.uplink_fixtures import (
     Mosquitto,
     UplinkSite,
     free_loopback_port,
-    mosquitto_fixture,
-    uplink_site_fixture,
     wait_for,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SITE = "hz-001"
 TOPICS = Topics("gasguard", SITE)
 # ``gasguard receive`` as the CLI will run it (the lead registers add_parser in gateway/cli.py).

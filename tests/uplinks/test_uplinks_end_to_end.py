@@ -24,7 +24,6 @@ from gateway.uplinks.receive import ReceivingCentre
 from gateway.uplinks.service import UplinkService
 from tests.uplink_fixtures import (
     Mosquitto,
-    mosquitto_fixture,  # noqa: F401  (the `mosquitto` fixture)
     wait_for,
 )
 

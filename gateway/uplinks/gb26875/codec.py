@@ -335,7 +335,8 @@ class FrameReader:
 
 
 def encode_description(text: str) -> bytes:
-    """``text`` as GB18030 in exactly 31 bytes: cut at a character boundary, NUL-padded."""
+    """``text`` as GB18030 in exactly 31 bytes: cut at a character boundary, padded with
+    spaces (0x20) as the standard's worked example is; NUL padding is still decoded."""
     out = b""
     for ch in text:
         try:
@@ -345,7 +346,7 @@ def encode_description(text: str) -> bytes:
         if len(out) + len(enc) > DESCRIPTION_LEN:
             break
         out += enc
-    return out.ljust(DESCRIPTION_LEN, b"\x00")
+    return out.ljust(DESCRIPTION_LEN, b" ")
 
 
 def decode_description(raw: bytes) -> str:
