@@ -81,6 +81,7 @@ class EmulatorProcess:
             env=child_env(),
         )
         self._proc = proc
+        self.pid = proc.pid
         assert proc.stdout is not None
         self._reader = LineReader(proc.stdout.fileno(), "emulator process")
         try:

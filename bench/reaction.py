@@ -45,6 +45,7 @@ from bench.emulator_proc import BusSpec, DetectorSpec, EmulatorProcess, SeenExch
 from bench.poll import PollSetting, open_port
 from bench.siteconfig import VALVE_PIN, SiteBus, write_site_config
 from bench.uplink_mqtt import Broker
+from gateway.appliance import cpus
 from gateway.config import Config, load_config
 from gateway.core.model import Event, ResetRequest
 from gateway.profiles import Profile, default_profiles_dir, load_profiles
@@ -55,6 +56,7 @@ ALARM_LEL = 60.0  # above every high set point: each reply carries a high alarm
 NORMAL_LEL = 1.0
 HIGH_LEL = 50.0  # the site's high set point (siteconfig writes it)
 STEP_TIMEOUT_S = 5.0
+OFF_BOX_NICE = 19  # helpers that stand for machines elsewhere (broker, centres, flood source)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +198,10 @@ def run_flooded(
     process's threads at the unit's real-time priority (as systemd starts it) and without.
     Prints each p99 and the flooded / idle ratio [target <= 1.10]."""
     priority = realtime_priority()
+    uplinks_nice = int(unit_setting("gasguard-uplinks.service", "Nice"))
+    # As the units place them (gateway.appliance.cpus): the safety process on a core of its own.
+    safety = cpus.cpus_for("safety") or set(cpus.online_cpus())
+    others = cpus.cpus_for("others") or set(cpus.online_cpus())
     modes = [True, False] if can_use_realtime(priority) else [False]
     note(
         out,
@@ -228,21 +234,54 @@ def run_flooded(
                 f'[uplink.gb26875]\nhost = "127.0.0.1"\nport = {gb_port}\n'
                 "device_address = 1\n"
             )
-            for rt in modes:
-                tag = "rt" if rt else "nort"
+            # (tag, real-time, where the flood comes from, site layout). "writer": another
+            # process appends to the event log, so the safety process does only its own work
+            # while the uplinks forward; "recorder": the safety process's own recorder stores
+            # the flood. Site layout: the uplinks process at its unit's Nice, and the broker,
+            # the centres and the flood writer, which stand for machines elsewhere, at nice 19;
+            # otherwise every helper at normal priority (all of it on this one box).
+            runs = [(f"{'rt' if rt else 'nort'}", rt, "writer", True) for rt in modes]
+            if modes[0]:
+                runs.append(("rt_one_box", True, "writer", False))
+                runs.append(("recorder_rt", True, "recorder", True))
+            everywhere = set(cpus.online_cpus())
+            for tag, rt, source, site_layout in runs:
+                helpers = [broker.pid, *(c.pid for c in centres)]
+                _renice(helpers, OFF_BOX_NICE if site_layout else 0)
+                # The detectors' emulator and the helpers off the safety process's core.
+                _pin([*helpers, emu.pid], others if site_layout else everywhere)
                 idle_cfg = _site(Path(tmp) / f"idle-{tag}", emu, poll_period_s)
-                idle, _, _ = _trials(emu, idle_cfg, profiles, trials, travel_s, realtime=rt)
+                own = safety if site_layout else everywhere
+                idle, _, _ = _trials(
+                    emu, idle_cfg, profiles, trials, travel_s, realtime=rt, cpus=own
+                )
                 cfg = _site(Path(tmp) / f"flooded-{tag}", emu, poll_period_s, uplinks)
-                forwarder = _spawn("uplinks", "--config", str(cfg.path))
+                forwarder = _spawn(
+                    "uplinks", "--config", str(cfg.path), nice=uplinks_nice if site_layout else 0
+                )
+                _pin([forwarder.pid], others if site_layout else everywhere)
                 seen: dict[str, Any] = {}
                 try:
                     flooded, _, _ = _trials(
-                        emu, cfg, profiles, trials, travel_s, flood_per_s, realtime=rt, seen=seen
+                        emu,
+                        cfg,
+                        profiles,
+                        trials,
+                        travel_s,
+                        flood_per_s,
+                        realtime=rt,
+                        seen=seen,
+                        flood_from=source,
+                        flood_nice=OFF_BOX_NICE if site_layout else 0,
+                        cpus=own,
+                        flood_cpus=others if site_layout else everywhere,
                     )
                 finally:
                     forwarder.terminate()
                     forwarder.wait(15)
-                figures += _flood_figures(tag, rt, priority, idle, flooded, flood_per_s, seen)
+                figures += _flood_figures(
+                    tag, rt, priority, idle, flooded, flood_per_s, seen, source, site_layout
+                )
         finally:
             for proc in centres:
                 proc.terminate()
@@ -261,8 +300,21 @@ def _flood_figures(
     flooded: list[float],
     flood_per_s: int,
     seen: dict[str, Any],
+    source: str,
+    site_layout: bool,
 ) -> list[Figure]:
-    how = f"SCHED_FIFO {priority}" if rt else "no real-time priority"
+    how = f"safety and bus threads at SCHED_FIFO {priority}" if rt else "no real-time priority"
+    how += (
+        ", the safety process on a core of its own, the uplinks at their unit's Nice on the "
+        "others, broker and centres at nice 19 (off the box on a site)"
+        if site_layout
+        else ", every process on every core, broker, centres and uplinks at normal priority"
+    )
+    origin = (
+        "appended to the event log by another process"
+        if source == "writer"
+        else "stored by the safety process's own recorder"
+    )
     p99_idle, p99_flooded = percentile(idle, 99), percentile(flooded, 99)
     channels = seen.get("uplinks") or {}
     forwarded = ", ".join(
@@ -275,7 +327,7 @@ def _flood_figures(
             f"reaction_flooded_p99_{tag}",
             p99_flooded * 1000,
             "ms",
-            f"uplinks process flooded with {flood_per_s} events/s, {how}, p99 "
+            f"uplinks process flooded with {flood_per_s} events/s ({origin}), {how}, p99 "
             f"(uplinks at the end: {forwarded or 'no report'})",
             3,
         ),
@@ -284,19 +336,45 @@ def _flood_figures(
             f"reaction_flooded_ratio_{tag}",
             p99_flooded / p99_idle,
             "x",
-            f"flooded p99 / idle p99, {how}" + (" [target <= 1.10]" if rt else ""),
+            f"flooded p99 / idle p99, {how}" + (" [target <= 1.10]" if tag == "rt" else ""),
             2,
         ),
     ]
 
 
+def unit_settings(unit: str, key: str) -> list[str]:
+    """Every ``key=`` value of a shipped systemd unit: the bench uses what systemd would."""
+    path = Path(__file__).resolve().parent.parent / "config" / "systemd" / unit
+    return [
+        line.split("=", 1)[1].strip()
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.startswith(f"{key}=")
+    ]
+
+
+def unit_setting(unit: str, key: str) -> str:
+    values = unit_settings(unit, key)
+    if not values:
+        raise RuntimeError(f"{unit}: no {key}=")
+    return values[-1]
+
+
 def realtime_priority() -> int:
-    """The safety unit's CPUSchedulingPriority: the bench uses what systemd would."""
-    unit = Path(__file__).resolve().parent.parent / "config/systemd/gasguard-safety.service"
-    for line in unit.read_text(encoding="utf-8").splitlines():
-        if line.startswith("CPUSchedulingPriority="):
+    """The safety unit's GASGUARD_RT_PRIORITY (its safety thread and bus pollers)."""
+    for line in unit_settings("gasguard-safety.service", "Environment"):
+        if line.startswith("GASGUARD_RT_PRIORITY="):
             return int(line.split("=", 1)[1])
-    raise RuntimeError(f"{unit}: no CPUSchedulingPriority")
+    raise RuntimeError("gasguard-safety.service sets no GASGUARD_RT_PRIORITY")
+
+
+def _renice(pids: list[int], nice: int) -> None:
+    for pid in pids:
+        os.setpriority(os.PRIO_PROCESS, pid, nice)
+
+
+def _pin(pids: list[int], where: set[int]) -> None:
+    for pid in pids:
+        os.sched_setaffinity(pid, where)
 
 
 def can_use_realtime(priority: int) -> bool:
@@ -309,21 +387,6 @@ def can_use_realtime(priority: int) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def _realtime_threads(priority: int | None) -> Iterator[None]:
-    """Threads started inside the block run at SCHED_FIFO ``priority`` (they inherit it), as
-    systemd starts the safety process; this thread goes back to normal after. Children forked
-    from them do not inherit it (SCHED_RESET_ON_FORK, as the unit's CPUSchedulingResetOnFork)."""
-    if priority is None:
-        yield
-        return
-    os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
-    try:
-        yield
-    finally:
-        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-
-
 def _bus_specs() -> list[BusSpec]:
     """One emulated bus per reaction detector, one detector on each, gas normal."""
     return [
@@ -333,12 +396,14 @@ def _bus_specs() -> list[BusSpec]:
     ]  # fmt: skip
 
 
-def _spawn(*args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+def _spawn(*args: str, nice: int = 0) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    _renice([proc.pid], nice)
+    return proc
 
 
 def free_port() -> int:
@@ -370,6 +435,33 @@ def _site(directory: Path, emu: EmulatorProcess, poll_period_s: float, extra: st
     return dataclasses.replace(
         cfg, timings=dataclasses.replace(cfg.timings, poll_period_s=poll_period_s)
     )
+
+
+@contextlib.contextmanager
+def _flood_writer(
+    events_db: Path, per_s: int, nice: int = 0, where: set[int] | None = None
+) -> Iterator[None]:
+    """``per_s`` events a second appended to the event log by another process
+    (``bench.flood_writer``): the uplinks forward them, the safety process does not see them."""
+    if per_s <= 0:
+        yield
+        return
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.flood_writer", str(events_db), str(per_s)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    _renice([proc.pid], nice)
+    if where is not None:
+        _pin([proc.pid], where)
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != b"flooding":
+            raise RuntimeError("the flood writer did not start")
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 @contextlib.contextmanager
@@ -486,23 +578,65 @@ def _trials(
     *,
     realtime: bool = False,
     seen: dict[str, Any] | None = None,
+    flood_from: str = "recorder",
+    flood_nice: int = 0,
+    cpus: set[int] | None = None,
+    flood_cpus: set[int] | None = None,
+) -> tuple[list[float], list[float], int]:
+    # As the unit places the safety process: on its own core (threads inherit the affinity).
+    before = os.sched_getaffinity(0)
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)  # the threads started below inherit it
+    try:
+        return _run_trials(
+            emu,
+            cfg,
+            profiles,
+            trials,
+            travel_s,
+            flood_per_s,
+            seen,
+            flood_from,
+            flood_nice,
+            flood_cpus,
+            realtime_priority() if realtime else None,
+        )
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def _run_trials(
+    emu: EmulatorProcess,
+    cfg: Config,
+    profiles: dict[str, Profile],
+    trials: int,
+    travel_s: float,
+    flood_per_s: int,
+    seen: dict[str, Any] | None,
+    flood_from: str,
+    flood_nice: int,
+    flood_cpus: set[int] | None,
+    priority: int | None,
 ) -> tuple[list[float], list[float], int]:
     factory = MockFactory()
     mechanism = ValveMechanism(
         factory, cfg.valves[0], travel_s, hand_reopen=False, start_closed=True
     ).start()
     coil = CoilHistory(factory.pin(VALVE_PIN))
-    controller = Controller(cfg, pin_factory=factory, simulated=True)
+    # As the unit runs it: the safety thread and the bus pollers at SCHED_FIFO, the rest not.
+    controller = Controller(cfg, pin_factory=factory, simulated=True, realtime_priority=priority)
     reactions: list[float] = []
     from_first: list[float] = []
     out_of_order = 0
     try:
-        with _realtime_threads(realtime_priority() if realtime else None):
-            controller.start()
+        controller.start()
         _wait(controller.first_poll_done.is_set, STEP_TIMEOUT_S, "the first complete poll")
         _reopen(controller, coil)
         flooding = contextlib.ExitStack()
-        flooding.enter_context(_flood(controller, flood_per_s))
+        if flood_from == "writer":
+            flooding.enter_context(_flood_writer(controller.events_path, flood_per_s, flood_nice))
+        else:
+            flooding.enter_context(_flood(controller, flood_per_s))
         for i in range(trials):
             bus = i % len(DETECTORS)
             profile = profiles[DETECTORS[bus].setting.profile]

@@ -1,8 +1,9 @@
 """Benchmark: alarm raised -> GB/T 26875.3 centre confirm, over loopback.
 
 The real path after the safety thread: the alarm event is put into the recorder's queue (what
-the safety thread does), the recorder stores it (SQLite, fsync) and hands it to the outbox
-(SQLite, fsync), the outbox wakes the GB/T 26875.3 channel, which frames it and sends it to the
+the safety thread does), the recorder stores it (SQLite, fsync), the uplinks' follower (woken by
+inotify, as in the uplinks process) takes it into the outbox (SQLite, fsync), the outbox wakes
+the GB/T 26875.3 channel, which frames it and sends it to the
 test centre over loopback TCP; the clock stops when the centre has sent its confirm of the
 part-status frame (the alarm bit). One alarm at a time, ``SAMPLES`` of them.
 
@@ -31,6 +32,7 @@ from gateway.uplinks.gb26875.channel import Gb26875Channel
 from gateway.uplinks.gb26875.codec import PART_ALARM, Command, PartStatus
 from gateway.uplinks.gb26875.config import Gb26875Config
 from gateway.uplinks.outbox import Outbox
+from gateway.uplinks.service import EventFollower
 
 SAMPLES = 200
 WARMUP = 10
@@ -75,13 +77,15 @@ def measure(samples: int = SAMPLES, warmup: int = WARMUP) -> list[float]:
     inbox: queue.SimpleQueue[RecorderItem] = queue.SimpleQueue()
     recorder = Recorder(base / "events.db", 10_000, inbox)
     outbox = Outbox(base / "outbox.db", "BENCH-1", ["gb26875"])
-    recorder.subscribe(outbox.add)
+    # As in the split: the uplinks' follower reads the event log (woken by inotify).
+    follower = EventFollower(base / "events.db", outbox)
     ctx = UplinkContext("BENCH-1", "bench", "loopback", _status, lambda e: None)
     cfg = Gb26875Config(
         host="127.0.0.1", port=centre.port, device_address=2, centre_address=1, heartbeat_s=600.0
     )
     channel = Gb26875Channel(cfg, outbox, ctx)
     recorder.start()
+    follower.start()
     channel.start()
     latencies: list[float] = []
     try:
@@ -101,6 +105,8 @@ def measure(samples: int = SAMPLES, warmup: int = WARMUP) -> list[float]:
                 latencies.append(t1 - t0)
     finally:
         channel.stop()
+        follower.stopping.set()
+        follower.join(5)
         recorder.stop()
         outbox.close()
         centre.stop()

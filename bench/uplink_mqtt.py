@@ -1,7 +1,8 @@
 """MQTT uplink: alarm -> centre acknowledgement latency, and replay rate after an outage.
 
 Everything real, over loopback: a mosquitto broker started here (apt package ``mosquitto``),
-the recorder writing the event log (fsync), the outbox (fsync), the MQTT channel, and the
+the recorder writing the event log (fsync), the uplinks' follower (woken by inotify), the
+outbox (fsync), the MQTT channel, and the
 reference receiving centre (``gateway.uplinks.receive.ReceivingCentre``) acknowledging each
 event on the ack topic.
 
@@ -36,6 +37,7 @@ from gateway.uplinks.context import UplinkContext
 from gateway.uplinks.mqtt import MqttChannel, MqttConfig
 from gateway.uplinks.outbox import Outbox
 from gateway.uplinks.receive import ReceivingCentre
+from gateway.uplinks.service import EventFollower
 
 SITE = "bench-site"
 
@@ -62,6 +64,7 @@ class Broker:
         self._proc = subprocess.Popen(
             [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
+        self.pid = self._proc.pid
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -98,8 +101,10 @@ def measure_latency(workdir: Path, port: int, alarms: int) -> list[float]:
     inbox: queue.SimpleQueue[RecorderItem] = queue.SimpleQueue()
     outbox = Outbox(outbox_db(workdir), SITE, ["mqtt"])
     recorder = Recorder(workdir / "events.db", 10_000, inbox)
-    recorder.subscribe(outbox.add)
+    # As in the split: the uplinks' follower reads the event log (woken by inotify).
+    follower = EventFollower(workdir / "events.db", outbox)
     recorder.start()
+    follower.start()
     centre = ReceivingCentre("127.0.0.1", port, SITE)
     channel = MqttChannel(_config(port), outbox, _context(inbox))
     delivered: queue.SimpleQueue[tuple[int, float]] = queue.SimpleQueue()
@@ -127,6 +132,8 @@ def measure_latency(workdir: Path, port: int, alarms: int) -> list[float]:
     finally:
         channel.stop()
         centre.stop()
+        follower.stopping.set()
+        follower.join(5)
         recorder.stop()
         outbox.close()
 

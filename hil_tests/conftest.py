@@ -110,7 +110,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     """The rig every scenario runs on, started once for this package and stopped after its
     last test (the sim rig's firmware shares the one fake ``machine`` module of the process,
-    which tests/test_firmware.py also uses)."""
+    which tests/firmware/test_firmware.py also uses)."""
     kind = request.config.getoption("--rig")
     workdir = tmp_path_factory.mktemp("rig")
     made: Rig

@@ -3,7 +3,7 @@
 One source of truth: the TOML profiles are loaded and validated by ``gateway.profiles`` (the same
 code the gateway uses), and every status-register value is taken from ``Profile.encode``, so the
 fixture cannot drift from what the gateway decodes. The output, ``firmware/fixture/
-profiles_data.py``, is checked in (the Pico has no TOML parser); ``tests/test_firmware.py``
+profiles_data.py``, is checked in (the Pico has no TOML parser); ``tests/firmware/test_firmware.py``
 fails when it is stale.
 
 Usage::

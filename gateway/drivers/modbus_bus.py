@@ -216,6 +216,8 @@ class DetectorBus:
         self._recent: deque[tuple[int, float]] = deque(maxlen=RECENT_CYCLES)
         # Published snapshot: replaced whole (atomic), never mutated, so readers need no lock.
         self._stats = BusStats(bus=bus.name, port=bus.port, period_s=period_s)
+        # Called first on the bus thread (e.g. to raise its scheduling priority).
+        self.on_thread_start: Callable[[], object] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -275,6 +277,8 @@ class DetectorBus:
     # -- the thread --------------------------------------------------------------------------
 
     def _run(self) -> None:
+        if self.on_thread_start is not None:
+            self.on_thread_start()
         try:
             origin = self._origin = self._clock()
             k = 0

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway import log
+from gateway.appliance.cpus import apply_from_env
 from gateway.uplinks.config import load_site
 from gateway.uplinks.service import UplinkService
 from gateway.validate import ConfigError
@@ -18,6 +19,9 @@ DEFAULT_CONFIG = Path("/etc/gasguard/gasguard.toml")
 def run(config_path: Path) -> int:
     """Run the uplinks until SIGTERM; exit status 1 for a config it cannot use."""
     log.setup()
+    cpus = apply_from_env()  # off the safety process's core
+    if cpus is not None:
+        log.log("uplinks.cpus", cpus=",".join(map(str, sorted(cpus))))
     try:
         cfg, uplink_cfg = load_site(config_path)
     except ConfigError as e:

@@ -6,8 +6,8 @@ interference"). What it does:
 
 1. reads the safety process's event log (SQLite WAL, opened read-only) and takes every new
    event into its own durable outbox (``uplinks/outbox.db`` in the data directory): at start
-   from where the outbox stopped (``catch_up``), then following new events every
-   ``FOLLOW_S``;
+   from where the outbox stopped (``catch_up``), then following new events: woken by inotify
+   the moment the log is written, and looking every ``FOLLOW_S`` where inotify is missing;
 2. runs the channels (MQTT, GB/T 26875.3, SMS), each draining the outbox in its own order and
    acknowledging an event only when its receiver confirmed it;
 3. talks to the safety process only through the uplink socket (``SafetyLink``): status, its own
@@ -37,8 +37,10 @@ from gateway.uplinks.context import UplinkContext
 from gateway.uplinks.link import SafetyLink
 from gateway.uplinks.manager import Uplinks
 from gateway.uplinks.outbox import Outbox, OutboxError
+from gateway.uplinks.watch import DirectoryWatch
 
-FOLLOW_S = 0.02  # how often the event log is checked for new events
+FOLLOW_S = 0.02  # how often the event log is checked for new events without a wake-up
+WATCHED_FOLLOW_S = 0.5  # the same while inotify wakes the follower on every write
 FOLLOW_PAGE = 1000
 REPORT_S = 2.0  # the channels' state goes to the safety process at least this often
 REPORT_CHECK_S = 0.25  # and within this of a change
@@ -55,6 +57,11 @@ class EventFollower(threading.Thread):
         self.poll_s = poll_s
         self.stopping = threading.Event()
         self.last_error: str | None = None
+        # Woken by the kernel the moment the safety process writes the log (inotify); the
+        # safety process neither knows nor waits. Without it, polling every poll_s.
+        self.watch = DirectoryWatch(events_path.parent, events_path.name)
+        if self.watch.available:
+            self.poll_s = max(poll_s, WATCHED_FOLLOW_S)
 
     def run(self) -> None:
         reader: EventReader | None = None
@@ -77,11 +84,18 @@ class EventFollower(threading.Thread):
                     self.stopping.wait(REOPEN_S)
                     continue
                 if moved < FOLLOW_PAGE:
-                    self.stopping.wait(self.poll_s)
+                    self._wait()
         finally:
             if reader is not None:
                 with contextlib.suppress(Exception):
                     reader.close()
+            self.watch.close()
+
+    def _wait(self) -> None:
+        if self.watch.available:
+            self.watch.wait(self.poll_s)
+        else:
+            self.stopping.wait(self.poll_s)
 
     def step(self, reader: EventReader) -> int:
         """One look at the event log; how many events were taken in."""
