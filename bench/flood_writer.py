@@ -26,7 +26,7 @@ def main(argv: list[str]) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     batch = max(1, round(per_s * BATCH_S))
-    with EventStore(Path(db), 100_000) as store:
+    with EventStore(Path(db), 100_000, busy_timeout_s=0.5) as store:
         print("flooding", flush=True)
         next_at = time.monotonic()
         while not stop.is_set():

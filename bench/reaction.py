@@ -461,7 +461,11 @@ def _flood_writer(
         yield
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:  # stuck in a busy wait at nice 19: it only writes
+            proc.kill()
+            proc.wait(5)
 
 
 @contextlib.contextmanager

@@ -42,9 +42,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         uplinks = uplink_config(cfg)
     except ConfigError as e:
-        print(f"{args.file}: {len(e.problems)} problem(s), config not used:", file=sys.stderr)
-        for p in e.problems:
-            print(f"  {p}", file=sys.stderr)
+        print(e.explain(args.file), file=sys.stderr)
         return 1
     print(f"{args.file}: OK")
     print(f"  site {cfg.site.id} ({cfg.site.name})")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import stat
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +31,11 @@ class ConfigError(Exception):
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+    def explain(self, path: object) -> str:
+        """What the commands print: a heading line, then one line per problem."""
+        lines = [f"{path}: {len(self.problems)} problem(s), config not used:"]
+        return "\n".join(lines + [f"  {p}" for p in self.problems])
 
 
 class Checker:
@@ -152,11 +159,91 @@ class Checker:
                 self.bad(where, data[key], "not a known key; allowed: " + ", ".join(allowed))
 
 
+MAX_FILE_BYTES = 1024 * 1024  # a site config is a few kB
+MAX_STRING_CHARS = 4096  # the longest text a config or profile may hold
+MAX_DEPTH = 16  # tables and arrays nested in each other
+
+
 def read_toml(path: Path) -> dict[str, Any]:
-    """Parse a TOML file; an unreadable or malformed file is a ConfigError naming it."""
+    """Parse a TOML file; anything else is a ConfigError naming it, in one line: not a regular
+    file (a FIFO, a device such as /dev/zero), larger than ``MAX_FILE_BYTES``, unreadable,
+    malformed, nested deeper than ``MAX_DEPTH`` or holding a text longer than
+    ``MAX_STRING_CHARS``."""
+    text = _read_regular_file(path)
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(
-            [Problem(str(path), "(file)", None, f"a readable TOML file ({e})")]
-        ) from e
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise _file_problem(path, f"a readable TOML file ({e})") from None
+    except RecursionError:
+        raise _file_problem(path, f"TOML nested at most {MAX_DEPTH} levels deep") from None
+    problems = _bounded(str(path), data)
+    if problems:
+        raise ConfigError(problems)
+    return data
+
+
+def _file_problem(path: Path, allowed: str) -> ConfigError:
+    return ConfigError([Problem(str(path), "(file)", None, allowed)])
+
+
+def _read_regular_file(path: Path) -> str:
+    """The file's text. Opened without blocking (a FIFO must not hang the loader) and checked
+    to be a regular file of bounded size before anything is read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise _file_problem(path, f"a readable TOML file ({e.strerror or e})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _file_problem(path, "a regular file (not a FIFO, device or directory)")
+        if st.st_size > MAX_FILE_BYTES:
+            raise _file_problem(path, f"a file of at most {MAX_FILE_BYTES} bytes ({st.st_size})")
+        chunks = []
+        total = 0
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > MAX_FILE_BYTES:
+                raise _file_problem(path, f"a file of at most {MAX_FILE_BYTES} bytes")
+            chunks.append(chunk)
+    except OSError as e:
+        raise _file_problem(path, f"a readable TOML file ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+    try:
+        return b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _file_problem(
+            path, f"a readable TOML file (not UTF-8: {e.reason} at byte {e.start})"
+        ) from None
+
+
+def _bounded(file: str, data: dict[str, Any]) -> list[Problem]:
+    """Every text longer than MAX_STRING_CHARS and every nesting deeper than MAX_DEPTH, found
+    without recursion."""
+    problems: list[Problem] = []
+    stack: list[tuple[str, Any, int]] = [("", data, 0)]
+    while stack:
+        key, value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            problems.append(Problem(file, key or "(file)", "...", f"at most {MAX_DEPTH} levels"))
+            continue
+        if isinstance(value, str) and len(value) > MAX_STRING_CHARS:
+            problems.append(
+                Problem(
+                    file,
+                    key,
+                    value[:40] + "...",
+                    f"text of at most {MAX_STRING_CHARS} characters ({len(value)})",
+                )
+            )
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                stack.append((f"{key}.{k}" if key else str(k), v, depth + 1))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                stack.append((f"{key}[{i}]", v, depth + 1))
+    return problems[:20]

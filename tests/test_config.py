@@ -8,6 +8,7 @@ checks the exact Problem. The example itself is covered in tests/test_example_co
 from __future__ import annotations
 
 import copy
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -508,3 +509,44 @@ def test_reply_timeout_shorter_than_the_exchange_on_the_wire_is_rejected(tmp_pat
     keys = [p.key for p in e.value.problems]
     assert keys == ["bus[0].timeout_s"] * 3
     assert "needs" in e.value.problems[0].allowed and "1200 baud" in e.value.problems[0].allowed
+
+
+# -- hostile files: one clear line each, never a crash or a hang ---------------------------------
+
+
+def only_file_problem(path: Path) -> str:
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert len(e.value.problems) == 1, e.value.problems
+    p = e.value.problems[0]
+    assert p.file == str(path)
+    return p.allowed
+
+
+def test_deeply_nested_toml_is_one_clear_problem(tmp_path: Path) -> None:
+    path = tmp_path / "nested.toml"
+    path.write_text("x = " + "[" * 500 + "]" * 500 + "\n")
+    assert "nested at most 16 levels" in only_file_problem(path)
+    path.write_text("x = " + "{a = " * 40 + "1" + "}" * 40 + "\n")
+    assert "at most 16 levels" in only_file_problem(path)
+
+
+def test_a_device_or_a_fifo_is_refused_without_reading_it(tmp_path: Path) -> None:
+    link = tmp_path / "zero.toml"
+    link.symlink_to("/dev/zero")
+    assert "a regular file" in only_file_problem(link)
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)  # nobody writes to it: opening it must not wait
+    assert "a regular file" in only_file_problem(fifo)
+
+
+def test_oversized_files_and_texts_are_refused(tmp_path: Path) -> None:
+    text = (ROOT / "config" / "gasguard.example.toml").read_text()
+    big = tmp_path / "big.toml"
+    big.write_text(text.replace('name = "', 'name = "' + "x" * 50_000_000, 1))
+    assert "at most 1048576 bytes" in only_file_problem(big)
+    long_name = tmp_path / "long.toml"
+    long_name.write_text(text.replace('name = "', 'name = "' + "x" * 5000, 1))
+    with pytest.raises(ConfigError) as e:
+        load_config(long_name)
+    assert any("at most 4096 characters" in p.allowed for p in e.value.problems)

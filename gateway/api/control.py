@@ -13,8 +13,10 @@ thread-safe snapshots or queue requests to the safety thread; it never touches t
 Safety-relevant defaults:
 * socket file mode 0660: only the service's user and group may connect (a reset from this
   socket counts as local, so it must not be open to every account on the Pi);
-* at most 8 connections at once, requests at most 64 KiB, a client that does not finish a
-  request within 10 s is dropped: a stuck or hostile client cannot starve the others;
+* at most 8 connections at once (2 more kept for root and the service's own user, i.e. the
+  console), requests at most 64 KiB, a client that does not finish a request within 10 s is
+  dropped, and no connection lives longer than 30 s: stuck or hostile clients cannot starve the
+  others nor lock the console out;
 * a stale socket file is replaced, but a socket another live controller answers on, or a file
   that is not a socket, is left alone and start() fails with a clear error.
 """
@@ -40,7 +42,9 @@ Handler = Callable[[dict[str, Any]], dict[str, Any]]
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 MAX_CONNECTIONS = 8
+RESERVED_CONNECTIONS = 2  # beyond MAX_CONNECTIONS, only for root and the service's own user
 CLIENT_TIMEOUT_S = 10.0
+CONNECTION_LIFETIME_S = 30.0  # a connection is closed after this, however busy
 SOCKET_MODE = 0o660
 # sockaddr_un.sun_path is 108 bytes with the terminating NUL; the server binds a sibling name
 # five bytes longer first (see start()).
@@ -271,15 +275,21 @@ class ControlServer:
                 error("control.accept_failed", path=self.path, error=e)
                 time.sleep(0.1)
                 continue
-            if self.refuse_uids and _peer_uid(conn) in self.refuse_uids:
-                warn("control.peer_refused", path=self.path, uid=_peer_uid(conn))
+            peer_uid = _peer_uid(conn)
+            if self.refuse_uids and peer_uid in self.refuse_uids:
+                warn("control.peer_refused", path=self.path, uid=peer_uid)
                 with contextlib.suppress(OSError):
                     conn.settimeout(1.0)
                     conn.sendall(_error_line("refused: this user may not use this socket"))
                 conn.close()
                 continue
+            # Room is kept for the console and root: other local clients (however many, however
+            # slow) can never take the last slots.
+            limit = self.max_connections + (
+                RESERVED_CONNECTIONS if peer_uid in self.privileged_uids else 0
+            )
             with self._lock:
-                busy = len(self._clients) >= self.max_connections
+                busy = len(self._clients) >= limit
                 if not busy:
                     thread = threading.Thread(
                         target=self._serve, args=(conn,), name="control-conn", daemon=True
@@ -314,7 +324,13 @@ class ControlServer:
     def _serve_lines(self, conn: socket.socket, peer: tuple[int, int] | None) -> None:
         buf = bytearray()
         deadline = time.monotonic() + self.client_timeout_s
+        # Idle deadline per request, and a total one: a client cannot keep a slot by sending a
+        # request every few seconds.
+        end_of_life = time.monotonic() + CONNECTION_LIFETIME_S
         while not self._stopping.is_set():
+            if time.monotonic() > end_of_life:
+                warn("control.client_dropped", reason=f"open longer than {CONNECTION_LIFETIME_S} s")
+                return
             newline = buf.find(b"\n")
             if (newline < 0 and len(buf) > MAX_REQUEST_BYTES) or newline > MAX_REQUEST_BYTES:
                 # Cannot tell where the next request starts: answer once, then hang up.

@@ -212,7 +212,12 @@ class Technicians:
             return 0.0
         return max(0.0, float(row[0]) - self.clock())
 
-    def login(self, tech_id: str, pin: str) -> LoginResult:
+    def recheck(self, tech_id: str, pin: str) -> LoginResult:
+        """A PIN asked again of the technician already logged in (a PIN change, a signature):
+        counted and locked exactly like a login, so it cannot be used to guess a PIN."""
+        return self.login(tech_id, pin, recheck=True)
+
+    def login(self, tech_id: str, pin: str, *, recheck: bool = False) -> LoginResult:
         """Check one login attempt and count it. While locked nothing is checked."""
         remaining = self.locked_for()
         if remaining > 0:
@@ -234,9 +239,10 @@ class Technicians:
             failures = 0 if row is None else int(row[0])
             if ok:
                 failures, locked_until = 0, 0.0
-                conn.execute(
-                    "UPDATE technicians SET last_login_utc = ? WHERE id = ?", (now, tech_id)
-                )
+                if not recheck:
+                    conn.execute(
+                        "UPDATE technicians SET last_login_utc = ? WHERE id = ?", (now, tech_id)
+                    )
             else:
                 failures += 1
                 locked_until = now + LOCKOUT_S if failures >= MAX_FAILURES else 0.0

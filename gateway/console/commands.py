@@ -30,7 +30,7 @@ from gateway.api.records import MAX_DETAILS_BYTES
 from gateway.api.render import detector_age, detector_reading, duration, iso_utc
 from gateway.config import Config, load_config
 from gateway.console import configedit as ce
-from gateway.console.auth import AuthError, Technicians, id_problem
+from gateway.console.auth import AuthError, LoginResult, Technicians, id_problem
 from gateway.console.commissioning import (
     Answer,
     ChecklistItem,
@@ -1154,13 +1154,25 @@ def cmd_technician_remove(c: Console, args: list[str]) -> None:
     c.say(f"technician {args[0]} removed")
 
 
+def _note_lockout(c: Console, result: LoginResult) -> None:
+    """A PIN re-check that locked the console is recorded like a login lockout."""
+    if result.lockout_started:
+        c.record(
+            "console.lockout",
+            "console",
+            {"failures": result.failures, "locked_s": result.locked_for_s, "by": "pin re-check"},
+        )
+
+
 def cmd_technician_pin(c: Console, args: list[str]) -> None:
     current = c.io.ask("Current PIN: ", secret=True)
     if current is None:
         raise Cancelled("cancelled: nothing changed")
-    if not c.technicians.check_pin(c.technician, current):
-        c.record("console.pin_change_refused", "console", {})
-        raise Failed("wrong PIN: nothing changed")
+    result = c.technicians.recheck(c.technician, current)
+    if not result.ok:
+        c.record("console.pin_change_refused", "console", {"failures": result.failures})
+        _note_lockout(c, result)
+        raise Failed(f"{result.message}: nothing changed")
     c.technicians.set_pin(c.technician, _new_pin(c, c.technician))
     c.record("console.pin_changed", "console", {})
     c.say("PIN changed")
@@ -1387,9 +1399,14 @@ def cmd_commission(c: Console, args: list[str]) -> None:
         pin = c.io.ask(f"Sign this record as {c.technician}: your PIN: ", secret=True)
         if pin is None:
             raise Cancelled("not signed: nothing stored")
-        if c.technicians.check_pin(c.technician, pin):
+        result = c.technicians.recheck(c.technician, pin)
+        if result.ok:
             break
-        c.say("  wrong PIN")
+        _note_lockout(c, result)
+        if result.locked_for_s:
+            c.record("console.sign_refused", "console", {"what": "commissioning"})
+            raise Failed(f"{result.message}: not signed, nothing stored")
+        c.say(f"  {result.message}")
     else:
         c.record("console.sign_refused", "console", {"what": "commissioning"})
         raise Failed(f"{SIGN_ATTEMPTS} wrong PINs: not signed, nothing stored")

@@ -10,8 +10,11 @@ Rules (each one is a test in ``tests/core/test_safety_core.py`` or a property in
 * A detector's level rises to L when its last ``confirm_count`` readings are all at L or above
   (GB 16808-2025: alarm confirmed by >= 2 signals); it falls when its last ``confirm_count``
   readings are all below. A value above the detector's range counts as a high alarm. A reading
-  with no usable value (NaN, garbage) or a detector-reported fault is a sensor fault; an alarm
-  the detector reports itself still counts as an alarm reading.
+  with no usable value (NaN, garbage, implausibly negative) or a detector-reported fault is
+  unusable: ``confirm_count`` unusable replies among the last ``2 x confirm_count`` are a sensor
+  fault (cleared by ``2 x confirm_count`` usable ones in a row), and a reset waits until the
+  last ``2 x confirm_count`` replies were all usable. An alarm the detector reports itself
+  still counts as an alarm reading.
 * An alarm latches: the latched level is kept until a manual reset.
 * A detector with no valid reply for ``comm_fault_timeout_s`` is in comm fault; its last value is
   then never reported (``DetectorView.lel`` is None).
@@ -120,7 +123,9 @@ class _Detector:
         self.level = Level.NORMAL
         self.latched = Level.NORMAL
         self.alarm_window: deque[Level] = deque(maxlen=window)
-        self.fault_window: deque[str | None] = deque(maxlen=window)
+        # The last 2 x confirm_count replies' fault texts (None: usable): a detector that
+        # babbles every other reply must not pass for normal.
+        self.fault_window: deque[str | None] = deque(maxlen=2 * window)
         self.sensor_fault: str | None = None
         self.comm_fault = False
         self.inhibited_until: float | None = None
@@ -140,8 +145,8 @@ class _Detector:
             and self.sensor_fault is None
             and self.level == Level.NORMAL
             and (not self.alarm_window or self.alarm_window[-1] == Level.NORMAL)
-            # the last reply must itself be usable: one NaN is not yet a fault, nor normal
-            and (not self.fault_window or self.fault_window[-1] is None)
+            # every recent reply must be usable: one NaN is not yet a fault, but not normal
+            and all(f is None for f in self.fault_window)
         )
 
 
@@ -384,16 +389,18 @@ class SafetyCore:
                 )
 
     def _update_sensor_fault(self, det: _Detector, now: float) -> None:
+        """A sensor fault when ``confirm_count`` of the last ``2 x confirm_count`` replies were
+        unusable (in a row or not: a detector babbling every other reply is faulty); cleared
+        only by ``2 x confirm_count`` usable replies in a row."""
         window = det.fault_window
-        if len(window) < self._window:
-            return
-        if det.sensor_fault is None and all(f is not None for f in window):
-            det.sensor_fault = window[-1]
+        bad = [f for f in window if f is not None]
+        if det.sensor_fault is None and len(bad) >= self._window:
+            det.sensor_fault = bad[-1]
             self._silenced = False
             self._events.append(
-                Event("fault.raised", det.plan.name, now, {"fault": "sensor", "text": window[-1]})
+                Event("fault.raised", det.plan.name, now, {"fault": "sensor", "text": bad[-1]})
             )
-        elif det.sensor_fault is not None and all(f is None for f in window):
+        elif det.sensor_fault is not None and len(window) == window.maxlen and not bad:
             det.sensor_fault = None
             self._events.append(Event("fault.cleared", det.plan.name, now, {"fault": "sensor"}))
 
@@ -466,8 +473,9 @@ class SafetyCore:
                 why = "no reading yet"
             elif det.fault is not None:
                 why = det.fault
-            elif det.fault_window and det.fault_window[-1] is not None:
-                why = f"last reply unusable: {det.fault_window[-1]}"
+            elif any(f is not None for f in det.fault_window):
+                last_bad = next(f for f in reversed(det.fault_window) if f is not None)
+                why = f"a recent reply was unusable: {last_bad}"
             else:
                 why = f"gas at {det.lel:.1f} %LEL" if det.lel is not None else "not normal"
                 if det.level > Level.NORMAL:

@@ -30,9 +30,7 @@ def load_or_explain(path: Path) -> Config | None:
     try:
         return load_config(path)
     except ConfigError as e:
-        print(f"{path}: {len(e.problems)} problem(s), config not used:", file=sys.stderr)
-        for p in e.problems:
-            print(f"  {p}", file=sys.stderr)
+        print(e.explain(path), file=sys.stderr)
         return None
 
 

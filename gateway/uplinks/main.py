@@ -25,9 +25,7 @@ def run(config_path: Path) -> int:
     try:
         cfg, uplink_cfg = load_site(config_path)
     except ConfigError as e:
-        print(f"{config_path}: {len(e.problems)} problem(s), config not used:", file=sys.stderr)
-        for p in e.problems:
-            print(f"  {p}", file=sys.stderr)
+        print(e.explain(config_path), file=sys.stderr)
         log.error("uplinks.config_refused", path=config_path, problems=len(e.problems))
         return 1
     return UplinkService(cfg, uplink_cfg).run()

@@ -41,6 +41,10 @@ from gateway.uplinks.watch import DirectoryWatch
 
 FOLLOW_S = 0.02  # how often the event log is checked for new events without a wake-up
 WATCHED_FOLLOW_S = 0.5  # the same while inotify wakes the follower on every write
+# A wake-up comes with the log's first write, before its commit is visible (the writer still
+# fsyncs, then publishes the commit): look every SETTLE_POLL_S for SETTLE_S after a wake-up.
+SETTLE_S = 0.25
+SETTLE_POLL_S = 0.0005
 FOLLOW_PAGE = 1000
 REPORT_S = 2.0  # the channels' state goes to the safety process at least this often
 REPORT_CHECK_S = 0.25  # and within this of a change
@@ -65,6 +69,7 @@ class EventFollower(threading.Thread):
 
     def run(self) -> None:
         reader: EventReader | None = None
+        settle_until = 0.0
         try:
             while not self.stopping.is_set():
                 if reader is None:
@@ -83,19 +88,27 @@ class EventFollower(threading.Thread):
                     reader = None
                     self.stopping.wait(REOPEN_S)
                     continue
-                if moved < FOLLOW_PAGE:
-                    self._wait()
+                if moved >= FOLLOW_PAGE:
+                    continue
+                now = time.monotonic()
+                if moved:
+                    settle_until = now + SETTLE_S  # more may be on its way
+                if now < settle_until:
+                    self.stopping.wait(SETTLE_POLL_S)
+                elif self._wait():
+                    settle_until = time.monotonic() + SETTLE_S
         finally:
             if reader is not None:
                 with contextlib.suppress(Exception):
                     reader.close()
             self.watch.close()
 
-    def _wait(self) -> None:
+    def _wait(self) -> bool:
+        """Wait for a write to the log (or ``poll_s``); True when woken by one."""
         if self.watch.available:
-            self.watch.wait(self.poll_s)
-        else:
-            self.stopping.wait(self.poll_s)
+            return self.watch.wait(self.poll_s)
+        self.stopping.wait(self.poll_s)
+        return False
 
     def step(self, reader: EventReader) -> int:
         """One look at the event log; how many events were taken in."""

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import stat
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -259,7 +262,14 @@ def test_a_hanging_client_is_dropped(server: ControlServer, sock_path: Path) -> 
 
 
 def test_too_many_connections_are_refused(sock_path: Path, kitchen: Kitchen) -> None:
-    srv = ControlServer(sock_path, kitchen.handlers(), client_timeout_s=5.0, max_connections=2)
+    # This test's uid stands for an ordinary local client (not root, not the service's user).
+    srv = ControlServer(
+        sock_path,
+        kitchen.handlers(),
+        client_timeout_s=5.0,
+        max_connections=2,
+        privileged_uids={os.getuid() + 1},
+    )
     srv.start()
     idle: list[socket.socket] = []
     try:
@@ -284,6 +294,53 @@ def test_too_many_connections_are_refused(sock_path: Path, kitchen: Kitchen) -> 
         for s in idle:
             s.close()
         srv.stop()
+
+
+def test_slots_are_kept_for_the_console_and_root(kitchen: Kitchen) -> None:
+    """Ordinary local clients (another user, here ``nobody``) holding every ordinary slot
+    cannot lock out the console (the service's own user, here this test's) or root."""
+    if os.getuid() != 0 or shutil.which("setpriv") is None or not Path("/usr/bin/python3").exists():
+        pytest.fail("this test runs clients as user nobody: it needs root and setpriv (CI has)")
+    # pytest's own temporary directories are private to root: a directory nobody can reach.
+    sock_dir = Path(tempfile.mkdtemp(prefix="gasguard-slots-", dir="/tmp"))
+    os.chmod(sock_dir, 0o755)
+    sock_path = sock_dir / "control.sock"
+    srv = ControlServer(sock_path, kitchen.handlers(), client_timeout_s=20.0, max_connections=2)
+    srv.start()
+    os.chmod(sock_path, 0o666)  # let user nobody in, for the test only
+    hold = (
+        "import socket, sys, time; s = socket.socket(socket.AF_UNIX); "
+        "s.connect(sys.argv[1]); print('in', flush=True); time.sleep(15)"
+    )
+    holders = [
+        subprocess.Popen(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             "/usr/bin/python3", "-c", hold, os.fspath(sock_path)],
+            stdout=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]  # fmt: skip
+    try:
+        for h in holders:
+            assert h.stdout is not None and h.stdout.readline().strip() == b"in"
+        time.sleep(0.2)  # let the server register both
+        # A third ordinary client is busy-refused; this test's own uid still gets in.
+        third = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             "/usr/bin/python3", "-c",
+             "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
+             "print(s.recv(200).decode())",
+             os.fspath(sock_path)],
+            capture_output=True, text=True, timeout=10, check=True,
+        )  # fmt: skip
+        assert "busy" in third.stdout
+        assert ControlClient(sock_path).call("status") == STATUS
+    finally:
+        for h in holders:
+            h.kill()
+            h.wait()
+        srv.stop()
+        shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 # -- socket file life cycle ----------------------------------------------------------------------

@@ -127,6 +127,25 @@ def test_five_failures_lock_for_five_minutes_then_it_opens_again(tmp_path: Path)
     assert MAX_FAILURES == 5
 
 
+def test_pin_rechecks_count_and_lock_like_logins(tmp_path: Path) -> None:
+    """A PIN asked again (PIN change, commissioning signature) is no way to guess a PIN."""
+    clock = Clock()
+    with ConsoleStore(tmp_path) as store:
+        techs = Technicians(store, clock=clock)
+        techs.add("tech-1", "19283746", created_by="test")
+        assert techs.login("tech-1", "19283746").ok
+        before = techs.last_login("tech-1")
+        results = [techs.recheck("tech-1", f"0000000{i}") for i in range(MAX_FAILURES)]
+        assert [r.failures for r in results] == list(range(1, MAX_FAILURES + 1))
+        assert results[-1].lockout_started
+        # Locked: not even the right PIN is checked, at a re-check or at the login prompt.
+        assert not techs.recheck("tech-1", "19283746").ok
+        assert not techs.login("tech-1", "19283746").ok
+        clock.now += LOCKOUT_S + 1
+        assert techs.recheck("tech-1", "19283746").ok
+        assert techs.last_login("tech-1") == before  # a re-check is not a login
+
+
 # -- hazards -------------------------------------------------------------------------------------
 
 

@@ -169,8 +169,8 @@ NEGATIVE_FAULT_LEL = -5.0  # the core's documented limit for an implausible nega
 class DetectorModel:
     """The documented rules for one detector, written out again independently of the core:
     the level rises to L when the last ``n`` usable readings are all at L or above and falls
-    when they are all below; ``n`` unusable readings in a row are a sensor fault, ``n`` usable
-    ones clear it."""
+    when they are all below; ``n`` unusable readings among the last ``2n`` are a sensor fault,
+    ``2n`` usable ones in a row clear it; a reset needs the last ``2n`` all usable."""
 
     plan: DetectorPlan
     n: int
@@ -182,7 +182,7 @@ class DetectorModel:
 
     def __post_init__(self) -> None:
         self.levels = deque(maxlen=self.n)
-        self.unusable = deque(maxlen=self.n)
+        self.unusable = deque(maxlen=2 * self.n)
 
     def classify(self, r: Reading) -> Level | None:
         if r.fault is not None or r.lel is None or math.isnan(r.lel):
@@ -201,11 +201,10 @@ class DetectorModel:
         self.has_reading = True
         level = self.classify(r)
         self.unusable.append(level is None)
-        if len(self.unusable) == self.n:
-            if all(self.unusable):
-                self.sensor_fault = True
-            elif not any(self.unusable):
-                self.sensor_fault = False
+        if sum(self.unusable) >= self.n:
+            self.sensor_fault = True
+        elif len(self.unusable) == 2 * self.n and not any(self.unusable):
+            self.sensor_fault = False
         if level is None:
             if r.own_alarm == Level.NORMAL:
                 return
@@ -224,7 +223,7 @@ class DetectorModel:
             and not self.sensor_fault
             and self.level == Level.NORMAL
             and bool(self.unusable)
-            and not self.unusable[-1]
+            and not any(self.unusable)
             and (not self.levels or self.levels[-1] == Level.NORMAL)
         )
 
@@ -356,8 +355,13 @@ class History:
                 )
 
     def replan(self, plan: SafetyPlan, gap: float) -> Outputs:
-        """Apply ``plan``; detectors kept by name keep their last reply time."""
+        """Apply ``plan``; detectors kept by name keep their last reply time. A plan without a
+        detector whose alarm is latched is refused by the core and changes nothing."""
         self.now += gap
+        names = {d.name for d in plan.detectors}
+        if any(name not in names for name in self.core.latched()):
+            self.out = self.core.replan(plan, self.now)
+            return self.out
         old = self.model
         same_count = plan.confirm_count == old.plan.confirm_count
         self.plan = plan
@@ -412,11 +416,14 @@ def test_replan_never_opens_a_valve_and_keeps_latches(
         if is_open:
             assert open_before.get(name) is True, name  # only valves that were already open
     new_names = {d.name for d in new_plan.detectors}
-    assert h.core.latched() == {n: lv for n, lv in latched_before.items() if n in new_names}
+    applied = all(n in new_names for n in latched_before)
+    assert h.core.latched() == latched_before
+    # Only the local manual reset clears a latch: a plan without a latched detector is refused.
+    assert ("config.applied" if applied else "config.refused") in [e.kind for e in out.events]
     # A latched alarm or fault carried across the re-plan closes its (new) zone's valves.
     for d in h.core.view().detectors:
         if d.latched > Level.NORMAL or d.fault is not None:
-            for v in new_plan.valves:
+            for v in (new_plan if applied else plan).valves:
                 if d.zone in v.zones:
                     assert out.valves_open[v.name] is False
     h.run(more)  # and every property keeps holding under the new plan

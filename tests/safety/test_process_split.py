@@ -10,6 +10,7 @@ receiving centre.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -138,9 +139,11 @@ def assert_delivered_once_in_order(centre: ReceivingCentre, controller: Controll
     assert alarms == sorted(alarms) and others == sorted(others)
 
 
-def test_a_killed_uplinks_process_changes_nothing_and_catches_up(
+@contextlib.contextmanager
+def safety_and_uplinks(
     site: tuple[SimulatedKitchen, Config], mosquitto: Mosquitto, tmp_path: Path
-) -> None:
+) -> Iterator[tuple[SimulatedKitchen, Controller, UplinksProcess, ReceivingCentre]]:
+    """The safety process here, the uplinks process beside it, the centre delivering."""
     kitchen, config = site
     centre = ReceivingCentre(mosquitto.host, mosquitto.port, config.site.id)
     centre.start()
@@ -152,7 +155,17 @@ def test_a_killed_uplinks_process_changes_nothing_and_catches_up(
         assert centre.connected.wait(5)
         assert controller.first_poll_done.wait(5)
         assert centre.wait_until(lambda c: bool(c.events), 15), "the uplinks never delivered"
+        yield kitchen, controller, uplinks, centre
+    finally:
+        uplinks.stop()
+        controller.stop()
+        centre.stop()
 
+
+def test_a_killed_uplinks_process_changes_nothing_and_catches_up(
+    site: tuple[SimulatedKitchen, Config], mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    with safety_and_uplinks(site, mosquitto, tmp_path) as (kitchen, controller, uplinks, centre):
         uplinks.kill()  # SIGKILL, mid-whatever it was doing
         took = leak_closes_the_valve(kitchen, controller)
         assert took < VALVE_BOUND_S
@@ -163,27 +176,12 @@ def test_a_killed_uplinks_process_changes_nothing_and_catches_up(
 
         uplinks.start()
         assert_delivered_once_in_order(centre, controller)
-    finally:
-        uplinks.stop()
-        controller.stop()
-        centre.stop()
 
 
 def test_a_frozen_uplinks_process_changes_nothing_and_catches_up(
     site: tuple[SimulatedKitchen, Config], mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
-    kitchen, config = site
-    centre = ReceivingCentre(mosquitto.host, mosquitto.port, config.site.id)
-    centre.start()
-    controller = Controller(config, pin_factory=kitchen.factory, simulated=True)
-    uplinks = UplinksProcess(config.path, tmp_path / "uplinks.log")
-    try:
-        controller.start()
-        uplinks.start()
-        assert centre.connected.wait(5)
-        assert controller.first_poll_done.wait(5)
-        assert centre.wait_until(lambda c: bool(c.events), 15), "the uplinks never delivered"
-
+    with safety_and_uplinks(site, mosquitto, tmp_path) as (kitchen, controller, uplinks, centre):
         uplinks.signal(signal.SIGSTOP)
         frozen_at = time.monotonic()
         took = leak_closes_the_valve(kitchen, controller)
@@ -191,15 +189,10 @@ def test_a_frozen_uplinks_process_changes_nothing_and_catches_up(
         kitchen.set_gas("wok-1", 1.0)
         time.sleep(max(0.0, FREEZE_S - (time.monotonic() - frozen_at)))
         # The safety process noticed, and only says so.
-        uplinks_process = controller.status()["uplinks_process"]
-        assert uplinks_process["reporting"] is False
+        assert controller.status()["uplinks_process"]["reporting"] is False
         assert controller.failure is None
         assert controller.status()["valves"][0]["commanded"] == "closed"
 
         uplinks.signal(signal.SIGCONT)
         assert_delivered_once_in_order(centre, controller)
         assert wait_for(lambda: controller.status()["uplinks_process"]["reporting"], 5)
-    finally:
-        uplinks.stop()
-        controller.stop()
-        centre.stop()
