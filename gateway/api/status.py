@@ -53,6 +53,8 @@ def build_status(
                 "profile": c.profile.name if c else None,
                 "gas": c.gas.value if c else None,
                 "lel": None if d.lel is None else round(d.lel, 1),
+                # At or beyond full scale: ``lel`` is the full scale, the gas is at least that.
+                "over_range": d.over_range,
                 "state": detector_state(d),
                 "level": d.level.name.lower(),
                 "latched": d.latched.name.lower(),

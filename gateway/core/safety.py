@@ -80,6 +80,9 @@ class DetectorView:
     last_good_at: float | None
     has_reading: bool
     inhibited_until: float | None = None
+    # The reply was at or beyond the detector's full scale: ``lel`` is that full scale, the
+    # concentration is not known (a saturated cell, 0x7FFF, 1e30), only that it is at least that.
+    over_range: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +114,7 @@ class _Detector:
         "latched",
         "lel",
         "level",
+        "over_range",
         "plan",
         "sensor_fault",
     )
@@ -120,6 +124,7 @@ class _Detector:
         self.last_good_at = now  # silence is measured from start-up, not from a first reply
         self.has_reading = False
         self.lel: float | None = None
+        self.over_range = False
         self.level = Level.NORMAL
         self.latched = Level.NORMAL
         self.alarm_window: deque[Level] = deque(maxlen=window)
@@ -344,13 +349,18 @@ class SafetyCore:
         self._update_sensor_fault(det, r.at)
         if level is None:
             det.lel = None
+            det.over_range = False
             # A faulty detector that still reports its own alarm is alarming (fail safe): the
             # alarm counts towards confirmation, the fault towards a sensor fault.
             if r.own_alarm == Level.NORMAL:
                 return
             level = r.own_alarm
         else:
-            det.lel = max(0.0, r.lel if r.lel is not None else 0.0)
+            value = max(0.0, r.lel if r.lel is not None else 0.0)
+            # Beyond full scale the number means nothing (0x7FFF is 3276.7): report the full
+            # scale and say it is over range, never the raw value.
+            det.over_range = value >= det.plan.range_lel
+            det.lel = min(value, det.plan.range_lel)
         det.alarm_window.append(level)
         if len(det.alarm_window) < self._window:
             return
@@ -360,7 +370,7 @@ class SafetyCore:
             # Calibration gas on an inhibited detector: a test alarm, reported, not latched.
             det.level = up
             self._events.append(
-                Event("test.alarm", det.plan.name, r.at, {"level": up.name.lower(), "lel": det.lel})
+                Event("test.alarm", det.plan.name, r.at, {"level": up.name.lower(), **_lel(det)})
             )
         elif up > det.level:
             # A rise is a new alarm even below the latched level (gas back after it cleared):
@@ -373,7 +383,7 @@ class SafetyCore:
                     "alarm.raised",
                     det.plan.name,
                     r.at,
-                    {"level": up.name.lower(), "lel": det.lel, "zone": det.plan.zone},
+                    {"level": up.name.lower(), **_lel(det), "zone": det.plan.zone},
                 )
             )
         elif down < det.level:
@@ -384,7 +394,7 @@ class SafetyCore:
                         "alarm.cleared",
                         det.plan.name,
                         r.at,
-                        {"lel": det.lel, "latched": det.latched.name.lower()},
+                        {**_lel(det), "latched": det.latched.name.lower()},
                     )
                 )
 
@@ -636,7 +646,7 @@ class SafetyCore:
                             now,
                             {
                                 "level": det.level.name.lower(),
-                                "lel": det.lel,
+                                **_lel(det),
                                 "zone": det.plan.zone,
                             },
                         )
@@ -717,6 +727,7 @@ class SafetyCore:
                     last_good_at=d.last_good_at if d.has_reading else None,
                     has_reading=d.has_reading,
                     inhibited_until=d.inhibited_until,
+                    over_range=d.over_range and not d.comm_fault and d.has_reading,
                 )
                 for d in self._detectors.values()
             ),
@@ -738,3 +749,11 @@ class SafetyCore:
     def latched(self) -> dict[str, Level]:
         """Latched alarms, for the store to keep across restarts."""
         return {n: d.latched for n, d in self._detectors.items() if d.latched > Level.NORMAL}
+
+
+def _lel(det: _Detector) -> dict[str, object]:
+    """The concentration for an event: ``lel``, and ``over_range`` when it is at least the
+    detector's full scale (then ``lel`` is that full scale, not the raw value)."""
+    if det.over_range:
+        return {"lel": det.lel, "over_range": True}
+    return {"lel": det.lel}

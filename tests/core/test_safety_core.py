@@ -904,3 +904,17 @@ def test_a_detector_babbling_every_other_reply_is_faulty_and_blocks_the_reset() 
         k.read("oven-1", 1.0)
         k.read("oven-1", -3276.8)
         assert not k.reset().valves_open["bakery-valve"]
+
+
+def test_an_over_range_reply_is_reported_as_over_range_never_as_its_raw_value() -> None:
+    """0x7FFF on an int16 detector reads 3276.7 %LEL: a high alarm, reported as 'at least the
+    full scale' (100 %LEL here), never as 3276.7."""
+    k = Kitchen().running()
+    k.read("wok-1", 3276.7)
+    out = k.read("wok-1", 3276.7)
+    raised = next(e for e in out.events if e.kind == "alarm.raised")
+    assert raised.details["lel"] == 100.0 and raised.details["over_range"] is True
+    view = k.detector("wok-1")
+    assert view.lel == 100.0 and view.over_range
+    k.read("wok-1", 12.0)
+    assert k.detector("wok-1").lel == 12.0 and not k.detector("wok-1").over_range

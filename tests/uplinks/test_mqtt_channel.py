@@ -305,6 +305,7 @@ def test_status_is_retained_answers_a_request_and_nothing_else_is_obeyed(
     assert c.status["detectors"]["wok-1"] == {
         "state": "normal",
         "lel": 1.0,
+        "over_range": False,
         "zone": "hot-kitchen",
         "latched": "normal",
         "fault": None,
@@ -653,3 +654,11 @@ def test_an_unusable_ca_file_is_named(
     cfg = MqttConfig(host="127.0.0.1", port=8883, tls=True, ca_file=bad)
     with pytest.raises(ValueError, match=f"uplink.mqtt.ca_file {bad}: not usable as CA"):
         MqttChannel(cfg, site.outbox, site.ctx)
+
+
+def test_an_over_range_alarm_says_so_and_never_shows_the_raw_value() -> None:
+    details = {"level": "high", "lel": 100.0, "over_range": True, "zone": "hot"}
+    zh, en = event_texts("alarm.raised", "wok-1", details)
+    assert zh == "燃气泄漏高限报警：wok-1（≥100 %LEL，超量程）"
+    assert en == "High gas alarm: wok-1 (≥100 %LEL, over range)"
+    assert "3276" not in zh + en

@@ -81,7 +81,8 @@ STATUS_SCHEMA: dict[str, Any] = {
         "fault": {"type": "boolean"},
         "detectors": {
             "type": "object",
-            "description": "by name: {state, lel (null when not known), zone, latched, fault}",
+            "description": "by name: {state, lel (null when not known), over_range, zone, latched, "
+            "fault}",
         },
         "valves": {
             "type": "object",
@@ -139,6 +140,8 @@ def iso_utc(utc: float) -> str:
 def _lel(details: dict[str, Any]) -> str:
     value = details.get("lel")
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        if details.get("over_range") is True:
+            return f"≥{value:.0f} %LEL"  # at or beyond the detector's full scale
         return f"{value:.1f} %LEL"
     return ""
 
@@ -147,8 +150,9 @@ def event_texts(kind: str, source: str, details: dict[str, Any]) -> tuple[str, s
     """The event for people: (Chinese, English). Every kind gets a text; unknown kinds get a
     generic one naming the kind, so nothing reaches a receiver unexplained."""
     lel = _lel(details)
-    at = f"（{lel}）" if lel else ""
-    at_en = f" ({lel})" if lel else ""
+    over = details.get("over_range") is True
+    at = f"（{lel}{'，超量程' if over else ''}）" if lel else ""
+    at_en = f" ({lel}{', over range' if over else ''})" if lel else ""
     level = str(details.get("level", ""))
     fault = str(details.get("fault", ""))
     if kind == "alarm.raised":
@@ -240,6 +244,7 @@ def status_message(site_id: str, status: dict[str, Any], utc: float) -> dict[str
             detectors[str(d["name"])] = {
                 "state": d.get("state"),
                 "lel": d.get("lel"),
+                "over_range": d.get("over_range") is True,
                 "zone": d.get("zone"),
                 "latched": d.get("latched"),
                 "fault": d.get("fault"),

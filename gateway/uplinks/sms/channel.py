@@ -71,6 +71,8 @@ def sms_text(item: OutboxItem, ctx: UplinkContext, offset_h: float) -> str:
         level = LEVELS.get(str(d.get("level")), "")
         lel = d.get("lel")
         conc = f"{lel:.1f}%LEL" if isinstance(lel, int | float) else ""
+        if conc and d.get("over_range") is True:
+            conc = f"≥{lel:.0f}%LEL超量程"  # at or beyond the detector's full scale
         head = f"【燃气报警】{ctx.site_name} {item.source}{level}报警{conc}"
     elif item.kind == "valve.failed":
         head = f"【切断阀故障】{ctx.site_name} {item.source}：{d.get('text', '')}"
