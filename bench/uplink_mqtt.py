@@ -57,7 +57,7 @@ class Broker:
         conf = workdir / "mosquitto.conf"
         lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "log_dest none"]
         lines.append("max_queued_messages 100000")
-        lines.append("set_tcp_nodelay true")  # see the README, "Upstream": brokers should
+        lines.append("set_tcp_nodelay true")  # see docs/uplinks.md: brokers should
         if os.geteuid() == 0:
             lines.append("user root")
         conf.write_text("\n".join(lines) + "\n")

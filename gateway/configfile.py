@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gateway.profiles import default_profiles_dir
 
-# The example config's GPIO wiring (config/gasguard.example.toml, README "Wiring").
+# The example config's GPIO wiring (config/gasguard.example.toml, docs/hardware.md "Wiring").
 EXAMPLE_PINS: Mapping[str, int] = {
     "valve": 17,
     "feedback": 27,

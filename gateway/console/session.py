@@ -173,7 +173,7 @@ class Session:
             self.say(
                 "No technician is set up yet. First-time set-up, on the Pi itself:\n"
                 f"  sudo -u gasguard gasguard console --config {self.config_path} "
-                "--add-technician ID\n(see the README, 'Technician console')"
+                "--add-technician ID\n(see docs/console.md)"
             )
             return None
         locked = self.technicians.locked_for()

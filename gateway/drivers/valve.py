@@ -1,13 +1,13 @@
 """The emergency gas shutoff valve(s) on GPIO: the coil output and the position contact.
 
-Two electrical kinds (DOMAIN.md §3), both reopened only by hand at the valve:
+Two electrical kinds (GB 16808 shutoff valves), both reopened only by hand at the valve:
 
 * ``HeldOpenValve`` ("held-open", 常闭型, the fail-safe default): the coil is energised ONLY
   while the valve is commanded open. A dead controller, a crashed process or a power cut
   de-energises it and the spring closes the gas.
 * ``TripToCloseValve`` ("trip-to-close", 常开型): the coil is off while open; one DC pulse trips
   it closed. NOT fail safe: a dead controller leaves the gas on, so a site with this kind needs
-  a hardware watchdog relay that gives the trip pulse when the software stops (DOMAIN.md §3).
+  a hardware watchdog relay that gives the trip pulse when the software stops (GB 16808 shutoff valves).
 
 Outputs are active-high on GPIO 9-27, which the Pi pulls down at power-on, so the relay is not
 energised while the Pi boots; the config refuses other pins. Every output is created with an
@@ -18,7 +18,7 @@ never takes a lock another thread can hold, and touches a pin only when the want
 
 If the process dies without ``close()``, the GPIO line may stay as it was last driven (the kernel
 does not always return a released line to input). For a held-open valve the systemd / hardware
-watchdog (DOMAIN.md §4) is then what ends it: the SoC reset turns every GPIO into a pulled-down
+watchdog (bcm2835_wdt) is then what ends it: the SoC reset turns every GPIO into a pulled-down
 input and the coil drops. Call ``close()`` on every orderly exit.
 
 Wiring assumption: after ``close()`` gpiozero's lgpio backend leaves the pin a floating input

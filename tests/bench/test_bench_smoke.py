@@ -89,7 +89,7 @@ def test_percentile_is_nearest_rank_and_median_interpolates() -> None:
 
 
 def test_poll_floor_matches_the_domain_notes(profiles: dict[str, Profile]) -> None:
-    # DOMAIN.md §5: one 2-register poll, frames + two t3.5, no turnaround.
+    # Modbus over serial line: one 2-register poll, frames + two t3.5, no turnaround.
     generic = profiles["generic-cn-kitchen"]
     assert poll_floor_s(generic, 9600, "N", 1, 0.0) == pytest.approx(0.0250, abs=5e-5)
     assert poll_floor_s(generic, 9600, "E", 1, 0.0) == pytest.approx(0.0275, abs=5e-5)

@@ -1,4 +1,4 @@
-"""GB/T 26875.3 frame and application-data codec: the worked example of DOMAIN.md §6 byte for
+"""GB/T 26875.3 frame and application-data codec: the worked example of GB/T 26875.3 byte for
 byte, every kind of bad frame, GB18030 descriptions, and property checks (random bytes never
 crash the decoder; encode -> decode round-trips)."""
 
@@ -41,7 +41,7 @@ from gateway.uplinks.gb26875.codec import (
     max_objects,
 )
 
-# DOMAIN.md §6: a transmission device reports mains failure, 2012-09-26 09:58:02.
+# The standard's worked example: a transmission device reports mains failure, 2012-09-26 09:58:02.
 WORKED = bytes.fromhex(
     "40 40 01 00 01 01 20 3A 09 1A 09 0C 79 03 00 00 00 00 38 5B 01 00 00 00 09 00 02 "
     "15 01 08 02 3A 09 1A 09 0C 42 23 23"

@@ -1,6 +1,6 @@
 """GB/T 26875.3-2011 frames and application data: encoding, decoding, checksum, stream reassembly.
 
-Frame (DOMAIN.md §6, all multi-byte numbers little-endian)::
+Frame (GB/T 26875.3, all multi-byte numbers little-endian)::
 
     @@ | serial 2 | version 2 | time 6 | source 6 | destination 6 | length 2 | command 1 |
     application data (length bytes, <= 1024) | checksum 1 | ##

@@ -3,7 +3,7 @@
 Safety-relevant defaults: confirm timeout 10 s and 3 retries (the standard's send/confirm rule;
 the timeout cannot be set above 10 s), heartbeat 30 s and 5 s while the link is bad, and
 ``allow_clock_set = false``: a clock-sync frame from the centre is recorded but never sets the
-system clock unless the site explicitly allows it (see the README, "Upstream").
+system clock unless the site explicitly allows it (see docs/uplinks.md).
 """
 
 from __future__ import annotations

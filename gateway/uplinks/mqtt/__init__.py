@@ -1,6 +1,6 @@
 """The MQTT 5 uplink: channel (``MqttChannel``), its config (``MqttConfig``,
 ``parse_mqtt_config``), the topic tree and JSON schema (``schema``) and Home Assistant discovery
-(``discovery``). See the README, "Upstream"."""
+(``discovery``). See docs/uplinks.md."""
 
 from gateway.uplinks.mqtt.channel import MqttChannel, MqttState
 from gateway.uplinks.mqtt.config import MqttConfig, parse_mqtt_config

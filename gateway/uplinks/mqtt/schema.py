@@ -1,4 +1,4 @@
-"""The MQTT topic tree and the JSON documents on it (documented in the README, "Upstream").
+"""The MQTT topic tree and the JSON documents on it (documented in docs/uplinks.md).
 
 Topics, for site ``<site>`` under the prefix ``gasguard`` (configurable):
 
