@@ -1,7 +1,7 @@
 """Modbus RTU line timing: how long characters, frames and silences take on an RS-485 line.
 
 Shared by the config check, the bus poller, the emulator and the benchmarks, so that all of them
-agree on the physical floor (Modbus over serial line, §2.5.1.1).
+agree on the physical floor (Modbus RTU).
 """
 
 from __future__ import annotations

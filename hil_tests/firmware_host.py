@@ -6,7 +6,7 @@
 * ``PtyWire``: the RS-485 line. The gateway opens the pty's slave side exactly like
   ``/dev/ttyAMA0``; the firmware's (fake) UART reads the master side. A pty moves bytes
   instantly, so the wire releases each received byte only when it would have finished arriving
-  on a real line, and paces the fixture's replies at the character time (Modbus over serial line, §2.5.1.1): the
+  on a real line, and paces the fixture's replies at the character time (Modbus RTU): the
   firmware sees the same timing as on the Pico's UART and frames by t3.5 the same way.
 * ``WiredPin``: a gpiozero mock pin that tells a listener about every change of its state, so
   a gateway output (valve coil, sounder, lights) reaches the fixture's interrupt handler the

@@ -1,13 +1,13 @@
 """The emergency gas shutoff valve(s) on GPIO: the coil output and the position contact.
 
-Two electrical kinds (GB 16808 shutoff valves), both reopened only by hand at the valve:
+Two electrical kinds (GB 16808), both reopened only by hand at the valve:
 
 * ``HeldOpenValve`` ("held-open", 常闭型, the fail-safe default): the coil is energised ONLY
   while the valve is commanded open. A dead controller, a crashed process or a power cut
   de-energises it and the spring closes the gas.
 * ``TripToCloseValve`` ("trip-to-close", 常开型): the coil is off while open; one DC pulse trips
   it closed. NOT fail safe: a dead controller leaves the gas on, so a site with this kind needs
-  a hardware watchdog relay that gives the trip pulse when the software stops (GB 16808 shutoff valves).
+  a hardware watchdog relay that gives the trip pulse when the software stops (GB 16808).
 
 Outputs are active-high on GPIO 9-27, which the Pi pulls down at power-on, so the relay is not
 energised while the Pi boots; the config refuses other pins. Every output is created with an

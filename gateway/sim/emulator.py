@@ -5,7 +5,7 @@ The simulated kitchen, the tests and the benchmark use it in place of real detec
 can be told to misbehave the way field devices do: sensor fault, garbage values, silence, slow
 turnaround, bad CRC, another slave id, a short reply, a reply that stops half-way.
 
-Wire-time pacing (Modbus over serial line, §2.5.1.1): a pty delivers the master's request instantly, so a naive
+Wire-time pacing (Modbus RTU): a pty delivers the master's request instantly, so a naive
 emulator makes every master look ~25 % faster than a real line. ``BusEmulator`` therefore treats a
 request as complete only after its own wire time plus t3.5 of silence, waits its turnaround, and
 releases each reply byte no earlier than it would have finished arriving on a real line. The last

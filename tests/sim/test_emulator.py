@@ -115,7 +115,7 @@ def test_crc_detects_every_single_bit_error() -> None:
 
 
 def test_line_timing_gives_the_physical_floor_in_domain_notes() -> None:
-    # One 2-register poll: 8-byte request + 9-byte reply + two t3.5 (Modbus over serial line, §2.5.1.1).
+    # One 2-register poll: 8-byte request + 9-byte reply + two t3.5 (Modbus RTU).
     def floor(baud: int, parity: str) -> float:
         wire = frame_wire_time(8, baud, parity, 1) + frame_wire_time(9, baud, parity, 1)
         return wire + 2 * t35(baud, parity, 1)
