@@ -327,6 +327,10 @@ class Recorder:
         log("recorder.started", path=self.store_path, capacity=self.capacity)
         try:
             self._loop()
+        except Exception as e:  # a bug here must show as a store fault, never pass unseen
+            error("recorder.crashed", error=repr(e))
+            self._db_error = f"the recorder stopped: {e!r}; events are no longer stored"
+            self._set_health()
         finally:
             if self._store is not None:
                 self._store.close()

@@ -207,3 +207,14 @@ def test_enospc_is_what_a_full_tmpfs_gives(small_disk: SmallDisk) -> None:
         f.flush()
         os.fsync(f.fileno())
     assert e.value.errno == errno.ENOSPC
+
+
+def test_a_recorder_that_crashes_is_a_store_fault(tmp_path: Path) -> None:
+    """A bug in the recorder must not pass unseen: it reports a store fault and ends."""
+    recorder, inbox, health = started(tmp_path / "events.db")
+    recorder._save_latch = None  # type: ignore[assignment,method-assign]  # the "bug"
+    inbox.put(LatchedSnapshot({"wok-1": Level.HIGH}))
+    deadline = time.monotonic() + 5
+    while not health and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert health and health[-1] is not None and "recorder stopped" in health[-1]
