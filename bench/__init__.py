@@ -8,6 +8,8 @@ reading them, never by timed assertions in the tests.
 The figures and the file that produces them:
 
 * ``bench.poll``: poll-cycle time of 16 detectors against the physical floor of the wire;
+* ``bench.bus_faults``: t3.5 kept under CRC errors, timeouts and late replies; a silent
+  detector's cost to the healthy ones on a busy bus;
 * ``bench.reaction``: confirming reply on the wire -> valve output pin changed;
 * ``bench.resources``: the running controller's RSS and CPU with 8 detectors;
 * ``bench.cold_start``: spawn -> first completed poll.

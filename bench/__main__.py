@@ -33,6 +33,7 @@ def _runner(module: str, function: str = "run") -> Callable[[], Runner]:
 # name -> loader of its ``run(out: TextIO, **sizes) -> list[Figure]``.
 BENCHMARKS: dict[str, Callable[[], Runner]] = {
     "poll": _runner("bench.poll"),
+    "bus_faults": _runner("bench.bus_faults"),
     "reaction": _runner("bench.reaction"),
     "resources": _runner("bench.resources"),
     "cold_start": _runner("bench.cold_start"),
@@ -45,6 +46,7 @@ BENCHMARKS: dict[str, Callable[[], Runner]] = {
 # Full sizes are each run()'s defaults (about 7 minutes in all on 2 cores).
 QUICK: dict[str, dict[str, Any]] = {
     "poll": {"detectors": 2, "cycles": 3, "warmup": 1},
+    "bus_faults": {"seconds": 1.5, "busy_seconds": 1.5},
     "reaction": {"trials": 3, "baseline_reads": 3},
     "resources": {"warmup_s": 0.5, "window_s": 1.5},
     "cold_start": {"runs": 1, "baseline_runs": 1},

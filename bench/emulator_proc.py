@@ -3,11 +3,11 @@ gateway code being measured.
 
 ``EmulatorProcess(buses)`` spawns ``python -m bench.emulator_proc``, which starts one
 ``BusEmulator`` per ``BusSpec`` on its own pty and answers JSON-line commands on stdin/stdout:
-set a detector's gas, fetch the exchanges it saw (with the times the emulator read each request
-and wrote each reply's last byte, in ``time.monotonic()`` seconds, which is system-wide on Linux
-and so comparable with this process's clock), the gaps and the minimum gap the master left
-between a reply and its next request, clear the history, quit. The child exits when its stdin
-closes, so it never outlives the benchmark.
+set a detector's gas or make it misbehave, fetch the exchanges it saw (with the times the
+emulator read each request and wrote each reply's first and last byte, in ``time.monotonic()``
+seconds, which is system-wide on Linux and so comparable with this process's clock), the
+silences the master left before each request (``request_silences``) and the shortest, clear
+the history, quit. The child exits when its stdin closes, so it never outlives the benchmark.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ class SeenExchange:
     address: int | None
     reply_end_at: float | None
     reply: bytes
+    reply_start_at: float | None = None
 
 
 class EmulatorError(RuntimeError):
@@ -129,12 +130,21 @@ class EmulatorProcess:
         """Gas at one detector, in %LEL."""
         self._call({"op": "set_gas", "bus": bus, "address": address, "lel": lel})
 
+    def misbehave(self, bus: int, address: int, **faults: float | int | bool) -> None:
+        """Set fault fields of one detector (``EmulatedDetector``'s: ``reply_delay_s``,
+        ``corrupt_crc``, ``silent`` ...)."""
+        self._call({"op": "misbehave", "bus": bus, "address": address, "faults": faults})
+
     def exchanges(self, bus: int, since: float = 0.0) -> list[SeenExchange]:
         """Exchanges on ``bus`` whose request arrived at or after ``since`` (monotonic s)."""
         reply = self._call({"op": "exchanges", "bus": bus, "since": since})
         out = []
-        for request_at, address, reply_end_at, reply_hex in reply["exchanges"]:
-            out.append(SeenExchange(request_at, address, reply_end_at, bytes.fromhex(reply_hex)))
+        for request_at, address, reply_end_at, reply_hex, reply_start_at in reply["exchanges"]:
+            out.append(
+                SeenExchange(
+                    request_at, address, reply_end_at, bytes.fromhex(reply_hex), reply_start_at
+                )
+            )
         return out
 
     def min_gap_s(self, bus: int) -> float | None:
@@ -225,11 +235,20 @@ def _command(cmd: dict[str, Any], emulators: list[Any], detectors: list[Any]) ->
     if op == "set_gas":
         detectors[cmd["bus"]][int(cmd["address"])].lel = float(cmd["lel"])
         return {"ok": True}
+    if op == "misbehave":
+        from gateway.sim.emulator import MISBEHAVIOURS
+
+        det = detectors[cmd["bus"]][int(cmd["address"])]
+        for name, value in cmd["faults"].items():
+            if name not in MISBEHAVIOURS:
+                raise ValueError(f"fault {name!r} is not allowed: one of {sorted(MISBEHAVIOURS)}")
+            setattr(det, name, type(getattr(det, name))(value))
+        return {"ok": True}
     if op == "exchanges":
         since = float(cmd["since"])
         return {
             "exchanges": [
-                [x.request_at, x.address, x.reply_end_at, x.reply.hex()]
+                [x.request_at, x.address, x.reply_end_at, x.reply.hex(), x.reply_start_at]
                 for x in emulators[cmd["bus"]].exchanges()
                 if x.request_at >= since
             ]
@@ -241,7 +260,9 @@ def _command(cmd: dict[str, Any], emulators: list[Any], detectors: list[Any]) ->
     if op == "clear":
         emulators[cmd["bus"]].clear_history()
         return {"ok": True}
-    raise ValueError(f"op {op!r} is not allowed: set_gas, exchanges, min_gap, gaps, clear or quit")
+    raise ValueError(
+        f"op {op!r} is not allowed: set_gas, misbehave, exchanges, min_gap, gaps, clear or quit"
+    )
 
 
 def _send(out: Any, reply: dict[str, Any]) -> None:

@@ -33,6 +33,7 @@ def _load(path: Path) -> Config | None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from gateway.busload import bus_loads
     from gateway.uplinks.config import uplink_config
     from gateway.validate import ConfigError
 
@@ -65,6 +66,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"alarm confirmed by {t.confirm_count} readings"
     )
     print(f"  uplinks: {', '.join(uplinks.channels()) or 'none'}")
+    for load in bus_loads(cfg):
+        print(f"  {load.summary()}")
+        for text in load.warnings():
+            print(f"WARNING: {text}")
     return 0
 
 

@@ -10,6 +10,10 @@ PARITIES = ("N", "E", "O")
 FIXED_T35_S = 0.00175  # Modbus over serial line §2.5.1.1: fixed t3.5 above 19200 baud
 FIXED_T35_ABOVE_BAUD = 19200
 READ_REQUEST_BYTES = 8  # FC03/FC04 request: id, fc, address, count, CRC
+# A detector's processing time between the end of a request (after its t3.5) and its reply.
+# Not on any data sheet we have; 5 ms is what field detectors typically take. Used to estimate
+# bus load, never to decide a timeout.
+SLAVE_TURNAROUND_S = 0.005
 
 
 def check_line(baud: int, parity: str, stop_bits: int) -> None:
@@ -54,3 +58,28 @@ def read_exchange_time(registers: int, baud: int, parity: str, stop_bits: int) -
     (5 + 2N bytes) and one t3.5 silence. A reply timeout shorter than this can never work."""
     nbytes = READ_REQUEST_BYTES + 5 + 2 * registers
     return frame_wire_time(nbytes, baud, parity, stop_bits) + t35(baud, parity, stop_bits)
+
+
+def poll_time(registers: int, baud: int, parity: str, stop_bits: int, gap_s: float = 0.0) -> float:
+    """Bus time one answered poll of ``registers`` registers takes: the silence before the
+    request (t3.5 plus the configured gap), the request, its t3.5, the slave's turnaround
+    (``SLAVE_TURNAROUND_S``, assumed) and the reply."""
+    return (
+        t35(baud, parity, stop_bits)
+        + gap_s
+        + read_exchange_time(registers, baud, parity, stop_bits)
+        + SLAVE_TURNAROUND_S
+    )
+
+
+def silent_attempt_time(
+    baud: int, parity: str, stop_bits: int, gap_s: float, timeout_s: float
+) -> float:
+    """Bus time one request to a detector that does not answer takes: the silence before it,
+    the request and the whole reply timeout."""
+    return (
+        t35(baud, parity, stop_bits)
+        + gap_s
+        + frame_wire_time(READ_REQUEST_BYTES, baud, parity, stop_bits)
+        + timeout_s
+    )

@@ -12,12 +12,21 @@ waits t3.5 after the previous reply, keyed by port name), reads each detector's
 
 Nothing here decides alarm or fault; the safety core does. Safety-relevant behaviour:
 
-* Fixed-deadline schedule: cycle k starts at ``origin + k * period_s``; a cycle that overruns
-  skips to the next future deadline (counted in ``overruns``) instead of bursting to catch up.
-* A failing detector is polled after the healthy ones and, after 2 failed polls in a row, only
-  every 2, 4, 8 ... cycles (at least every ~2 s) without retries, so a dead detector cannot delay
-  the healthy ones. Cycles it is skipped deliver nothing: the core raises the comm fault from the
-  age of the last valid reply.
+* Fixed-deadline schedule: cycle k is due at ``origin + k * period_s``. A cycle that ends after
+  the next deadline starts the next one at once; one that ends more than a whole period late
+  skips the deadlines it missed (counted in ``overruns``). Never a burst of catch-up cycles, and
+  never a cycle before its deadline.
+* Healthy detectors first, one attempt each. Retries, and detectors that keep failing, come after
+  them, and each attempt is made only if a whole reply timeout still fits before the next
+  deadline: on a busy bus a silent detector does not cost the healthy ones their cycles. A
+  failing detector is retried ``bus.retries`` times on its first 2 failed polls; after that it
+  is backed off: tried only every 2, 4, 8 ... cycles (at least every ~2 s), once. Where its
+  timeout never fits it is still tried every ``MAX_BACKOFF_S`` (a late cycle, never a dropped
+  one) so that it recovers as soon. Cycles it is skipped deliver nothing: the core raises the
+  comm fault from the age of the last valid reply.
+* t3.5 after every frame on the line: before each request the poller waits until the line has
+  been silent for t3.5 (plus ``gap_ms``) since the last byte seen, so a late reply that arrives
+  after the master gave up is never talked over.
 * A port that disappears (USB adapter pulled) is closed; every detector on it gets a
   ``CommFailure`` once per cycle while it is gone; reopening is tried at most once a second and
   the bus recovers by itself.
@@ -31,7 +40,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import queue
+import select
 import termios
 import threading
 import time
@@ -48,7 +59,7 @@ import serial.rs485
 from gateway.config import BusConfig, DetectorConfig
 from gateway.core.model import CommFailure, Reading
 from gateway.log import log
-from gateway.rtu import read_exchange_time
+from gateway.rtu import read_exchange_time, silent_attempt_time
 
 REOPEN_INTERVAL_S = 1.0  # a lost port is reopened at most this often
 BACKOFF_AFTER_FAILURES = 2  # failed polls in a row before a detector is backed off
@@ -111,7 +122,8 @@ class BusStats:
     ``recent_cycles`` holds (k, start) of the last cycles. ``overruns`` counts deadlines skipped
     because a cycle ran past them. ``consecutive_failures`` counts each detector's
     ``CommFailure`` deliveries since its last valid reply; ``backed_off`` lists detectors polled
-    less often because they keep failing.
+    less often because they keep failing. ``stray_bytes`` counts bytes heard on the line outside
+    any reply the poller waited for (late replies, noise); each made it hold back its next request.
     """
 
     bus: str
@@ -128,6 +140,7 @@ class BusStats:
     consecutive_failures: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     backed_off: tuple[str, ...] = ()
     recent_cycles: tuple[tuple[int, float], ...] = ()
+    stray_bytes: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,6 +159,8 @@ class _DetectorState:
     poll_failures: int = 0  # failed polls in a row: drives the backoff
     comm_failures: int = 0  # CommFailures delivered in a row (port gone included)
     next_try_cycle: int = 0
+    last_try_at: float | None = None  # clock() of the last request sent to it
+    answered_last: bool = False  # its last failed attempt got a (bad) answer, not silence
     failing_logged: bool = False
 
 
@@ -196,6 +211,13 @@ class DetectorBus:
         # plus the configured extra gap.
         self._t35_s = max(3.5 * 11 / bus.baud, 0.00175)
         self._gap_s = bus.gap_ms / 1000.0
+        # A failed attempt quicker than this got an answer (a bad one), not silence.
+        self._slow_s = bus.timeout_s / 2
+        self._last_attempt_s = 0.0
+        # Worst case of one attempt at a silent detector: the silence, the request, the timeout.
+        self._attempt_cost_s = silent_attempt_time(
+            bus.baud, bus.parity, bus.stop_bits, self._gap_s, bus.timeout_s
+        )
         self._backoff_cap = max(1, math.floor(MAX_BACKOFF_S / period_s))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -206,6 +228,7 @@ class DetectorBus:
         self._port_down_logged = False
         self._last_open_attempt: float | None = None
         self._last_rx: float | None = None
+        self._stray_bytes = 0
         self._last_deliver_error = ""
         self._last_cycle_error = ""
         self._cycles = 0
@@ -290,7 +313,7 @@ class DetectorBus:
                     break
                 started = self._clock()
                 try:
-                    self._cycle(k)
+                    self._cycle(k, origin + (k + 1) * self.period_s)
                 except Exception as e:  # a bug in one cycle must not end the bus
                     text = _describe(e)
                     if text != self._last_cycle_error:
@@ -301,9 +324,11 @@ class DetectorBus:
                 self._recent.append((k, started))
                 self._last_start, self._last_end = started, ended
                 k += 1
-                if ended > origin + k * self.period_s:
-                    # Overran the next deadline: skip to the next future one, no catch-up burst.
-                    next_k = math.floor((ended - origin) / self.period_s) + 1
+                if ended > origin + (k + 1) * self.period_s:
+                    # More than a whole period late: skip to the next future deadline, no
+                    # catch-up burst. Less late, the next cycle starts at once and the schedule
+                    # catches up with the slack of the cycles after it.
+                    next_k = math.floor((ended - origin) / self.period_s)
                     self._overruns += next_k - k
                     k = next_k
                 self._publish(running=True)
@@ -314,75 +339,136 @@ class DetectorBus:
             self._close_port()
             self._publish(running=False)
 
-    def _cycle(self, k: int) -> None:
+    def _cycle(self, k: int, next_deadline: float) -> None:
         if self._serial is None:
             self._try_open()
         if self._serial is None:
             self._fail_all(self._states, f"port {self.bus.port} unavailable: {self._port_error}")
             return
-        # Healthy detectors first (stable order), so a failing one cannot delay them.
-        order = sorted(self._states, key=lambda s: s.poll_failures > 0)
+        # Healthy detectors first (stable order), one attempt each, so a failing one cannot delay
+        # them; then their retries and the failing detectors, each only where its reply timeout
+        # still fits before the next deadline.
+        later: list[tuple[_DetectorState, int, str]] = []
         done: set[str] = set()
-        for st in order:
-            if self._stop.is_set():
-                return
-            if st.next_try_cycle > k:
-                continue  # backed off: deliver nothing, the silence is the signal
-            try:
-                self._poll(st, k)
-            except _PortLost as lost:
-                self._lose_port(str(lost))
-                rest = [s for s in self._states if s.config.name not in done]
-                self._fail_all(rest, f"port {self.bus.port} lost: {lost}")
-                return
-            done.add(st.config.name)
+        try:
+            for st in self._states:
+                if st.poll_failures == 0:
+                    if self._stop.is_set():
+                        return
+                    error = self._attempt(st)
+                    if error is not None:
+                        if self._last_attempt_s < self._slow_s:
+                            # It answered, badly (CRC, wrong id ...): retry at once, it is cheap.
+                            self._finish(st, k, self.bus.retries, error, next_deadline)
+                        else:
+                            later.append((st, self.bus.retries, error))
+                            continue
+                    done.add(st.config.name)
+            for st in self._states:
+                if st.poll_failures > 0 and st.next_try_cycle <= k and st.config.name not in done:
+                    backed_off = st.poll_failures >= BACKOFF_AFTER_FAILURES
+                    later.append((st, 1 if backed_off else 1 + self.bus.retries, ""))
+            for st, attempts, error in later:
+                if self._stop.is_set():
+                    return
+                self._finish(st, k, attempts, error, next_deadline)
+                done.add(st.config.name)
+        except _PortLost as lost:
+            self._lose_port(str(lost))
+            rest = [s for s in self._states if s.config.name not in done]
+            self._fail_all(rest, f"port {self.bus.port} lost: {lost}")
 
-    def _poll(self, st: _DetectorState, k: int) -> None:
-        """One poll of one detector: a Reading, or after the allowed attempts a CommFailure.
+    def _finish(
+        self, st: _DetectorState, k: int, attempts: int, error: str, next_deadline: float
+    ) -> None:
+        """Spend up to ``attempts`` more attempts on a detector whose last attempt failed
+        (``error``) or that is failing (``error`` empty). After a quick failure (it answered,
+        badly) the next attempt is made at once; otherwise only if a whole reply timeout fits
+        before ``next_deadline``. A failing detector that never fits is still tried once every
+        ``MAX_BACKOFF_S`` so that it can recover. Raises _PortLost."""
+        tried = bool(error)
+        # A detector that answered last time (badly) is not expected to cost a whole timeout.
+        quick = st.answered_last if not tried else self._last_attempt_s < self._slow_s
+        while attempts > 0:
+            if not quick and self._clock() + self._attempt_cost_s > next_deadline:
+                overdue = st.last_try_at is None or self._clock() - st.last_try_at >= MAX_BACKOFF_S
+                if tried or not overdue:
+                    break
+            attempts -= 1
+            tried = True
+            result = self._attempt(st)
+            if result is None:
+                return
+            error = result
+            quick = self._last_attempt_s < self._slow_s
+        st.answered_last = quick
+        if tried:
+            self._deliver(CommFailure(st.config.name, self._clock(), error))
+            self._failed(st, k, error)
+        # Not tried at all: deferred to the next cycle where it fits. Nothing is delivered; the
+        # core raises the comm fault from the age of the last valid reply.
+
+    def _attempt(self, st: _DetectorState) -> str | None:
+        """One request to one detector. None when its Reading was delivered, else the error.
         Raises _PortLost when the port itself fails."""
         profile = st.config.profile
         start, count = profile.block
-        attempts = 1 if st.poll_failures >= BACKOFF_AFTER_FAILURES else 1 + self.bus.retries
-        error = "no attempt made"
-        for attempt in range(attempts):
-            if attempt and self._stop.is_set():
-                return
-            self._pause_before_request()
-            try:
-                registers = st.instrument.read_registers(
-                    start, count, functioncode=profile.function_code
-                )
-                at = self._clock()
-            except minimalmodbus.ModbusException as e:
-                # Timeout, CRC, wrong slave id, byte count, exception reply. (ModbusException
-                # is an OSError, so it must be caught before the port errors below.)
-                error = _describe(e)
-            except (serial.SerialException, termios.error, OSError) as e:
-                raise _PortLost(_describe(e)) from e
-            except Exception as e:  # a malformed reply minimalmodbus rejects otherwise
-                error = _describe(e)
-            else:
-                if not isinstance(registers, list) or len(registers) != count:
-                    error = f"expected {count} registers, got {registers!r}"
-                else:
-                    decoded = profile.decode(registers)
-                    self._deliver(
-                        Reading(st.config.name, at, decoded.lel, decoded.own_alarm, decoded.fault)
-                    )
-                    self._succeeded(st)
-                    return
-            finally:
-                self._last_rx = time.monotonic()
-        self._deliver(CommFailure(st.config.name, self._clock(), error))
-        self._failed(st, k, error)
+        self._await_quiet_line()
+        st.last_try_at = sent = self._clock()
+        try:
+            registers = st.instrument.read_registers(
+                start, count, functioncode=profile.function_code
+            )
+            at = self._clock()
+        except minimalmodbus.ModbusException as e:
+            # Timeout, CRC, wrong slave id, byte count, exception reply. (ModbusException is an
+            # OSError, so it must be caught before the port errors below.)
+            return _describe(e)
+        except (serial.SerialException, termios.error, OSError) as e:
+            raise _PortLost(_describe(e)) from e
+        except Exception as e:  # a malformed reply minimalmodbus rejects otherwise
+            return _describe(e)
+        finally:
+            self._last_rx = time.monotonic()
+            self._last_attempt_s = self._clock() - sent
+        if not isinstance(registers, list) or len(registers) != count:
+            return f"expected {count} registers, got {registers!r}"
+        decoded = profile.decode(registers)
+        self._deliver(Reading(st.config.name, at, decoded.lel, decoded.own_alarm, decoded.fault))
+        self._succeeded(st)
+        return None
 
-    def _pause_before_request(self) -> None:
-        # minimalmodbus already waits t3.5 after the last reply; the configured gap comes on top.
-        if self._gap_s <= 0 or self._last_rx is None:
+    def _await_quiet_line(self) -> None:
+        """Wait until the line has been silent for t3.5 (plus ``gap_ms``) since the last byte
+        seen on it, whoever sent it: a late reply that arrives after the master gave up, or
+        bytes past the end of a reply, restart the silence (Modbus RTU framing). A line that
+        keeps talking for a whole reply timeout is given up on: the request goes out and its
+        poll fails on its own. Raises _PortLost when the port fails."""
+        port = self._serial
+        if port is None:
             return
-        delay = self._last_rx + self._t35_s + self._gap_s - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
+        quiet_s = self._t35_s + self._gap_s
+        fd = port.fileno()
+        last_seen = self._last_rx
+        give_up = time.monotonic() + self.bus.timeout_s
+        while True:
+            now = time.monotonic()
+            wait = 0.0 if last_seen is None else max(0.0, last_seen + quiet_s - now)
+            try:
+                ready, _, _ = select.select([fd], [], [], wait)
+                if not ready:
+                    if last_seen is None or time.monotonic() >= last_seen + quiet_s:
+                        return
+                    continue
+                chunk = os.read(fd, 4096)
+            except OSError as e:
+                raise _PortLost(_describe(e)) from e
+            if not chunk:
+                raise _PortLost("the port reports data to read but gives none (device gone?)")
+            last_seen = time.monotonic()
+            self._stray_bytes += len(chunk)
+            if last_seen >= give_up:
+                return
 
     def _succeeded(self, st: _DetectorState) -> None:
         if st.failing_logged:
@@ -526,6 +612,7 @@ class DetectorBus:
                 st.config.name for st in self._states if st.poll_failures >= BACKOFF_AFTER_FAILURES
             ),
             recent_cycles=tuple(self._recent),
+            stray_bytes=self._stray_bytes,
         )
 
 

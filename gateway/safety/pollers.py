@@ -13,10 +13,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+from gateway.busload import bus_loads
 from gateway.config import BusConfig, Config, DetectorConfig
 from gateway.core.model import Input
 from gateway.drivers.modbus_bus import DetectorBus
-from gateway.log import error
+from gateway.log import error, warn
 
 
 class Pollers:
@@ -73,6 +74,9 @@ class Pollers:
                 gone.stop()
             self.buses = kept
             self._config = config
+        for load in bus_loads(config):
+            for text in load.warnings():
+                warn("bus.load", bus=load.bus, load=round(load.load, 2), warning=text)
 
     @contextlib.contextmanager
     def paused(self, bus_name: str) -> Iterator[bool]:

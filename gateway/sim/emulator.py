@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import itertools
 import math
 import os
 import select
@@ -37,6 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 from gateway.core.model import Level
 from gateway.log import warn
@@ -111,6 +111,7 @@ def crc_ok(frame: bytes) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 _COUNTED_FAULTS = ("corrupt_crc", "wrong_id", "short_reply", "stop_mid_frame")
+MISBEHAVIOURS = ("fault", "garbage", "silent", "reply_delay_s", *_COUNTED_FAULTS)
 
 
 @dataclass(eq=False)
@@ -220,7 +221,8 @@ class Exchange:
     ``request_at`` is when its first byte was read from the line; ``reply_end_at`` when the
     last reply byte was released, just before its write (None: no reply): the master cannot
     have had it earlier, so a gap measured from it may read up to one write's latency long.
-    ``address`` is None for a garbled frame.
+    ``address`` is None for a garbled frame. ``reply_start_at`` is when the first reply byte
+    was released (None: no reply).
     """
 
     request_at: float
@@ -228,6 +230,41 @@ class Exchange:
     address: int | None
     reply_end_at: float | None
     reply: bytes
+    reply_start_at: float | None = None
+
+
+class SeenOnLine(Protocol):
+    """What ``request_silences`` needs of an exchange (``Exchange`` or the benchmark's copy)."""
+
+    @property
+    def request_at(self) -> float: ...
+    @property
+    def reply_start_at(self) -> float | None: ...
+    @property
+    def reply_end_at(self) -> float | None: ...
+
+
+def request_silences(history: Iterable[SeenOnLine]) -> list[float]:
+    """For each request in ``history``, seconds between the end of the last reply that began
+    before it and the request's first byte (negative: the master talked over that reply). The
+    first request, and requests before any reply, have none."""
+    exchanges = list(history)
+    replies = sorted(
+        (x.reply_start_at if x.reply_start_at is not None else x.reply_end_at, x.reply_end_at)
+        for x in exchanges
+        if x.reply_end_at is not None
+    )
+    silences: list[float] = []
+    i = 0
+    line_free_at: float | None = None
+    for x in sorted(exchanges, key=lambda e: e.request_at):
+        while i < len(replies) and replies[i][0] < x.request_at:
+            end = replies[i][1]
+            line_free_at = end if line_free_at is None else max(line_free_at, end)
+            i += 1
+        if line_free_at is not None:
+            silences.append(x.request_at - line_free_at)
+    return silences
 
 
 class BusEmulator:
@@ -404,14 +441,11 @@ class BusEmulator:
             self._history.clear()
 
     def gaps(self) -> list[float]:
-        """Silence the master left between the end of each reply and its next request, in
-        seconds (negative: it talked over the reply)."""
-        history = self.exchanges()
-        return [
-            nxt.request_at - prev.reply_end_at
-            for prev, nxt in itertools.pairwise(history)
-            if prev.reply_end_at is not None
-        ]
+        """For each request, the silence the master left since the end of the last reply that
+        had begun before it, in seconds (negative: it talked over a reply). A reply that began
+        only after the request had started (a slave answering late, into the master's next
+        request) is the slave's collision and not counted against the master."""
+        return request_silences(self.exchanges())
 
     def min_gap_s(self) -> float | None:
         """The shortest gap in ``gaps()``; None before two exchanges with a reply between."""
@@ -495,11 +529,12 @@ class BusEmulator:
             return
         reply = self._answer(det, frame)
         start_at = ended_at + self.turnaround_s + max(0.0, det.reply_delay_s)
-        reply_end = self._send_paced(fd, wake_r, reply, start_at)
-        if reply_end is None:
+        sent = self._send_paced(fd, wake_r, reply, start_at)
+        if sent is None:
             return
         det._count("replies_sent")
-        self._record(Exchange(first_at, frame, address, reply_end, reply))
+        reply_start, reply_end = sent
+        self._record(Exchange(first_at, frame, address, reply_end, reply, reply_start))
 
     def _answer(self, det: EmulatedDetector, frame: bytes) -> bytes:
         address, function = frame[0], frame[1]
@@ -543,12 +578,16 @@ class BusEmulator:
         data = b"".join(regs[a].to_bytes(2, "big") for a in range(start, start + count))
         return bytes([frame[0], function, len(data)]) + data
 
-    def _send_paced(self, fd: int, wake_r: int, reply: bytes, start_at: float) -> float | None:
+    def _send_paced(
+        self, fd: int, wake_r: int, reply: bytes, start_at: float
+    ) -> tuple[float, float] | None:
         """Write ``reply`` so that byte i is released when it would have finished arriving on a
-        real line (``start_at + (i + 1) * char time``). Returns the moment just before the write
-        that released the last byte (the master cannot have had it earlier: a reaction time
-        measured from here is never flattering), None when stopped first."""
+        real line (``start_at + (i + 1) * char time``). Returns the moments just before the
+        writes that released the first and the last byte (the master cannot have had them
+        earlier: a reaction time measured from here is never flattering), None when stopped
+        first."""
         sent = 0
+        first: float | None = None
         released = time.monotonic()
         while sent < len(reply):
             if self._stopping.is_set():
@@ -557,13 +596,15 @@ class BusEmulator:
             due = min(len(reply), max(0, math.floor((now - start_at) / self._char_s)))
             if due > sent:
                 released = now
+                if first is None:
+                    first = now
                 self._write(fd, reply[sent:due])
                 sent = due
                 continue
             next_at = start_at + (sent + 1) * self._char_s
             # Listen while waiting: a master that talks over the reply is recorded, not lost.
             self._absorb(fd, wake_r, max(0.0, next_at - time.monotonic()))
-        return released
+        return (released if first is None else first), released
 
     def _write(self, fd: int, data: bytes) -> None:
         view = memoryview(data)
