@@ -14,10 +14,15 @@ One SQLite file. Why these settings:
   why rotation deletes in batches instead of once per insert.
 * ``PRAGMA user_version`` holds the schema version so a later gasguard can migrate; a file with a
   newer version than this code knows is refused, never half-understood.
-* ``seq`` is an ``AUTOINCREMENT`` key: SQLite never hands out a number again, even after the
-  rows that had it were rotated out or the file was reopened. Uplinks resume with ``since(seq)``.
-  A new file starts at the current time in milliseconds, so numbers keep rising even when a
-  lost or corrupt log is replaced: upstream receivers de-duplicate by (site, seq).
+* ``seq`` is never handed out twice: the writer numbers each event one above the highest number
+  the file knows (its newest row, which rotation never deletes, or the ``seq_floor`` state row
+  a new file starts from). Not ``AUTOINCREMENT``: that rewrites a second page at every commit,
+  for the same guarantee. Uplinks resume with ``since(seq)``. A new file starts at the current
+  time in milliseconds, so numbers keep rising even when a lost or corrupt log is replaced:
+  upstream receivers de-duplicate by (site, seq). (Schema 1 files used AUTOINCREMENT; opening
+  one as the writer migrates it.)
+* Wear: with 1 KiB pages and no AUTOINCREMENT a commit of a few events appends one or two
+  pages to the WAL; the recorder commits everything waiting at once.
 
 sqlite3 objects must not be shared between threads: each thread opens its own ``EventStore``
 (the recorder, which writes) or ``EventStore.open_readonly(path)`` (readers).
@@ -41,16 +46,17 @@ from gateway.core.model import Event, Level
 from gateway.log import error
 from gateway.store.sqlite import open_durable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # GB 16808 asks for at least 999 records; the config enforces the same range.
 MIN_CAPACITY = 999
 MAX_CAPACITY = 10_000_000
 MAX_QUERY_LIMIT = 100_000
 LATCHED_KEY = "latched"
+SEQ_FLOOR_KEY = "seq_floor"  # the number a new file counts up from
 
-_SCHEMA_V1 = (
+_SCHEMA_V2 = (
     """CREATE TABLE IF NOT EXISTS events (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq INTEGER PRIMARY KEY,
         utc REAL NOT NULL,
         kind TEXT NOT NULL,
         source TEXT NOT NULL,
@@ -195,10 +201,10 @@ class EventReader:
 
     def last_seq(self) -> int:
         """The highest number ever handed out (0 for a new store), rotated or not."""
-        rows = self._query(
-            "SELECT seq FROM sqlite_sequence WHERE name = 'events'", (), "reading the last seq"
-        )
-        return int(rows[0][0]) if rows else 0
+        try:
+            return _read_last_seq(self._conn)
+        except sqlite3.Error as e:
+            raise self._error(e, "reading the last seq") from e
 
     def get_state(self, key: str) -> Any:
         """The JSON value stored under ``key`` in the state table, or None."""
@@ -300,6 +306,7 @@ class EventStore(EventReader):
             if version < SCHEMA_VERSION:
                 self._migrate(version)
             self._rows_now: int | None = self.count()
+            self._last_seq: int | None = self.last_seq()
         except sqlite3.Error as e:
             conn.close()
             raise EventStoreError(f"event store {path}: cannot prepare: {e}") from e
@@ -312,21 +319,36 @@ class EventStore(EventReader):
         conn.execute("BEGIN IMMEDIATE")
         try:
             if version == 0:
-                for sql in _SCHEMA_V1:
+                for sql in _SCHEMA_V2:
                     conn.execute(sql)
                 # A new log starts numbering at the current time in milliseconds, so a log that
                 # replaces a lost or corrupt one keeps counting upwards: upstream receivers
                 # de-duplicate by (site, seq) and must never take a new alarm for an old one.
                 # ``first_seq``: the writer knows a higher number (the log it replaces).
+                floor = max(int(time.time() * 1000), self._first_seq - 1)
+                self._put_floor(floor)
+            elif version == 1:
+                # Same rows, same numbers; the AUTOINCREMENT counter becomes the floor.
+                floor = _read_last_seq(conn)
+                conn.execute(_SCHEMA_V2[0].replace("events (", "events_v2 (", 1))
                 conn.execute(
-                    "INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)",
-                    (max(int(time.time() * 1000), self._first_seq - 1),),
+                    "INSERT INTO events_v2 SELECT seq, utc, kind, source, details FROM events"
                 )
+                conn.execute("DROP TABLE events")
+                conn.execute("ALTER TABLE events_v2 RENAME TO events")
+                self._put_floor(floor)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
             self._rollback()
             raise
+
+    def _put_floor(self, floor: int) -> None:
+        self._conn.execute(
+            "INSERT INTO state (key, value, utc) VALUES (?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value, utc = excluded.utc",
+            (SEQ_FLOOR_KEY, json.dumps(floor), time.time()),
+        )
 
     def _rollback(self) -> None:
         # The original error says more; SQLite rolls back by itself after an I/O error.
@@ -407,15 +429,20 @@ class EventStore(EventReader):
         conn = self._conn
         if self._rows_now is None:
             self._rows_now = self.count()
+        if self._last_seq is None:
+            self._last_seq = self.last_seq()
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                seqs = []
+                seqs: list[int] = []
                 for row in rows:
-                    cur = conn.execute(
-                        "INSERT INTO events (utc, kind, source, details) VALUES (?, ?, ?, ?)", row
+                    seq = self._last_seq + 1 + len(seqs)
+                    conn.execute(
+                        "INSERT INTO events (seq, utc, kind, source, details) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (seq, *row),
                     )
-                    seqs.append(int(cur.lastrowid or 0))
+                    seqs.append(seq)
                 for key, text in states.items():
                     conn.execute(
                         "INSERT INTO state (key, value, utc) VALUES (?, ?, ?) "
@@ -436,10 +463,13 @@ class EventStore(EventReader):
                 self._rollback()
                 raise
         except sqlite3.Error as e:
-            # A failed COMMIT may still have reached the disk: count again before rotating.
+            # A failed COMMIT may still have reached the disk: count and number again.
             self._rows_now = None
+            self._last_seq = None
             raise self._error(e, "writing") from e
         self._rows_now = total
+        if seqs:
+            self._last_seq = seqs[-1]
         return seqs
 
     def __enter__(self) -> EventStore:
@@ -453,12 +483,29 @@ def last_seq_of(path: Path) -> int:
     except sqlite3.Error:
         return 0
     try:
-        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-        return int(row[0]) if row else 0
+        return _read_last_seq(conn)
     except (sqlite3.Error, ValueError, TypeError):
         return 0
     finally:
         conn.close()
+
+
+def _read_last_seq(conn: sqlite3.Connection) -> int:
+    """The highest number a log handed out: its newest row, its floor (schema 2) or its
+    AUTOINCREMENT counter (schema 1), whichever is highest; 0 for an empty new file."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    highest = 0
+    if "events" in tables:
+        highest = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+    if "state" in tables:
+        row = conn.execute("SELECT value FROM state WHERE key = ?", (SEQ_FLOOR_KEY,)).fetchone()
+        if row is not None:
+            highest = max(highest, int(json.loads(row[0])))
+    if "sqlite_sequence" in tables:
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        if row is not None:
+            highest = max(highest, int(row[0]))
+    return highest
 
 
 def latched_from_log(path: Path) -> dict[str, Level]:

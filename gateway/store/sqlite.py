@@ -5,6 +5,9 @@ with the same settings, chosen for SD cards and power cuts:
 * WAL journal: readers never block the writer, and a commit appends instead of rewriting pages;
 * ``synchronous=FULL``: every commit is fsynced, so a record written just before the power is
   cut survives it (``NORMAL`` survives only a crash of the process);
+* 1 KiB pages (``PAGE_SIZE``) for a new file: a commit appends whole pages to the WAL, and an
+  event is a few hundred bytes, so smaller pages mean fewer bytes written to the card per event
+  (a file made with other pages keeps them: SQLite cannot change that in WAL mode);
 * no implicit transactions (``isolation_level=None``): each writer says ``BEGIN`` itself;
 * ``PRAGMA user_version`` is the schema version: a file written by a newer gasguard is refused,
   never half-understood.
@@ -16,6 +19,8 @@ import sqlite3
 from pathlib import Path
 
 from gateway.log import warn
+
+PAGE_SIZE = 1024
 
 
 def open_durable(
@@ -49,6 +54,9 @@ def open_durable(
                 f"{what} {path} has schema version {version}: this gasguard reads versions up "
                 f"to {max_version} (written by a newer gasguard)"
             )
+        if version == 0:
+            # Takes effect only while the file is still empty (before its first table).
+            conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             # Still durable (synchronous=FULL); only readers may now block the writer.

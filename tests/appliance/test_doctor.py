@@ -29,7 +29,7 @@ from gateway.config import BusConfig
 from gateway.core.model import Event
 from gateway.safety.controller import Controller
 from gateway.sim.kitchen import SimBus, SimDetector, SimulatedKitchen
-from gateway.store.events import EventStore
+from gateway.store.events import SCHEMA_VERSION, EventStore
 
 DETECTORS = (
     SimDetector("wok-1", "hot-kitchen", "bus0", 1, "generic-cn-kitchen", "natural-gas"),
@@ -112,7 +112,7 @@ def test_good_kitchen_with_the_controller_stopped(
     assert got["valve main-inlet"].status is Status.PASS
     assert "closed" in got["valve main-inlet"].message
     assert got["event log"].status is Status.PASS
-    assert "integrity ok, schema 1, 50 events" in got["event log"].message
+    assert f"integrity ok, schema {SCHEMA_VERSION}, 50 events" in got["event log"].message
     assert got["gpio"].status is Status.WARN  # mock pins are never a real valve
     assert got["uplinks"].status is Status.WARN
     assert doctor.exit_status(checks) == 0

@@ -36,7 +36,7 @@ from gateway.appliance.install import (
 from gateway.appliance.notify import NotifyListener
 from gateway.paths import EVENTS_DB
 from gateway.sim.kitchen import SimBus, SimDetector, SimulatedKitchen
-from gateway.store.events import EventStore
+from gateway.store.events import SCHEMA_VERSION, EventStore
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -66,7 +66,7 @@ def fake_venv(
     bump_schema: bool = False,
 ) -> Path:
     """A venv stand-in holding gasguard ``version``. ``run``: "good" (the real controller) or
-    "crash" (exits 1 at start). ``bump_schema``: its migration leaves schema 2 behind."""
+    "crash" (exits 1 at start). ``bump_schema``: its migration leaves a newer schema behind."""
     venv = where / f"venv-{version}"
     (venv / "bin").mkdir(parents=True)
     python = venv / "bin" / "python"
@@ -75,7 +75,8 @@ def fake_venv(
         bump = (
             'if [ "$rc" = 0 ] && [ "$2" = gateway.appliance.migrate ]; then '
             f'{PY} -c "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); '
-            'c.execute(\'PRAGMA user_version=2\'); c.commit(); c.close()" "$3"; fi\n'
+            f"c.execute('PRAGMA user_version={SCHEMA_VERSION + 1}'); c.commit(); c.close()\" "
+            '"$3"; fi\n'
         )
     python.write_text(
         "#!/bin/sh\n"
@@ -319,8 +320,8 @@ def test_upgrade_keeps_config_and_data_and_switches(
     assert len(backups) == 1
     assert event_count(backups[0]) >= 1  # the first start of 0.1.0, at least
     assert event_count(db) > event_count(backups[0])  # and 0.2.0 carried on in the same log
-    assert schema(db) == 1
-    assert "migrate " in out and "schema 1, nothing to migrate" in out
+    assert schema(db) == SCHEMA_VERSION
+    assert "migrate " in out and f"schema {SCHEMA_VERSION}, nothing to migrate" in out
     assert (L.versions_dir / "0.1.0").exists(), "the previous version stays for a rollback"
 
 
@@ -345,11 +346,13 @@ def test_rollback_restores_the_event_log_the_old_version_can_read(
     venv = fake_venv(tmp_path, "0.4.0", run="crash", bump_schema=True)
     rc, out = install(L.prefix, venv, service)
     assert rc == 1, out
-    # 0.4.0 migrated the log to schema 2, then failed: 0.1.0 could not read schema 2, so the
+    # 0.4.0 migrated the log to a newer schema, then failed: 0.1.0 could not read it, so the
     # pre-upgrade log is back and the migrated one kept as evidence.
-    assert schema(db) == 1
+    assert schema(db) == SCHEMA_VERSION
     kept = list(db.parent.glob(f"{EVENTS_DB}.failed-0.4.0-*"))
-    assert kept and any(schema(p) == 2 for p in kept if not p.name.endswith(("-wal", "-shm")))
+    assert kept and any(
+        schema(p) == SCHEMA_VERSION + 1 for p in kept if not p.name.endswith(("-wal", "-shm"))
+    )
     assert "restore " in out
     assert service.ready[-1] == "0.1.0" and service.is_active()
 

@@ -315,9 +315,7 @@ def test_a_silent_detector_on_a_busy_bus_costs_the_healthy_ones_no_cycles(
         first = len(deliveries.all())
         time.sleep(window)
         return sum(
-            1
-            for i in deliveries.all()[first:]
-            if isinstance(i, Reading) and i.detector != "d1"
+            1 for i in deliveries.all()[first:] if isinstance(i, Reading) and i.detector != "d1"
         )
 
     all_answering = healthy_readings()

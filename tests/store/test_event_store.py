@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
 import math
 import os
 import queue
@@ -177,7 +179,56 @@ def test_pragmas_and_schema_version(tmp_path: Path) -> None:
         conn = store._conn
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == 1024
+        # No AUTOINCREMENT: its counter would be a second page rewritten at every commit.
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        assert "sqlite_sequence" not in tables
+
+
+def schema_1_log(path: Path, events: int, deleted_newest: int) -> None:
+    """A log as gasguard 1 wrote it: AUTOINCREMENT numbers, some newest rows gone (so the
+    counter is above the newest row)."""
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(
+            "CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, utc REAL NOT NULL, "
+            "kind TEXT NOT NULL, source TEXT NOT NULL, details TEXT NOT NULL)"
+        )
+        conn.execute(
+            "CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL, utc REAL NOT NULL)"
+        )
+        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', 5000)")
+        for i in range(events):
+            conn.execute(
+                "INSERT INTO events (utc, kind, source, details) VALUES (?, ?, ?, ?)",
+                (1764300000.0 + i, "alarm.raised", "wok-1", json.dumps({"i": i})),
+            )
+        conn.execute(
+            "INSERT INTO state (key, value, utc) VALUES ('latched', '{\"wok-1\": \"high\"}', 0)"
+        )
+        conn.execute(
+            "DELETE FROM events WHERE seq > (SELECT MAX(seq) FROM events) - ?", (deleted_newest,)
+        )
+        conn.execute("PRAGMA user_version = 1")
+
+
+def test_a_schema_1_log_is_migrated_keeping_every_row_and_number(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    schema_1_log(path, events=20, deleted_newest=3)
+    with EventStore.open_readonly(path) as reader:
+        before = [(e.seq, e.kind, e.details) for e in reader.since(0, 1000)]
+        assert reader.last_seq() == 5020
+    with EventStore(path, capacity=999) as store:
+        assert store._conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert [(e.seq, e.kind, e.details) for e in store.since(0, 1000)] == before
+        assert store.load_latched() == {"wok-1": Level.HIGH}
+        assert store.last_seq() == 5020
+        # Never a number handed out before, even one whose row is gone.
+        (seq,) = store.record([(1764400000.0, Event("alarm.raised", "wok-2", 1.0, {}))])
+        assert seq == 5021
+    with EventStore(path, capacity=999) as store:
+        (seq,) = store.record([(1764400001.0, Event("alarm.raised", "wok-2", 1.0, {}))])
+        assert seq == 5022
 
 
 CHILD = """
