@@ -25,6 +25,7 @@ from gateway.safety.controller import Controller
 from gateway.sim.kitchen import SimBus, SimDetector, SimulatedKitchen
 from gateway.store.events import EventStore
 from gateway.uplinks.mqtt import MqttChannel, MqttConfig, parse_mqtt_config
+from gateway.uplinks.mqtt import channel as channel_module
 from gateway.uplinks.mqtt.schema import (
     EVENT_SCHEMA,
     MessageError,
@@ -340,7 +341,7 @@ def test_home_assistant_discovery_is_read_only(
     node = "gasguard_hz-001"
     gas = configs[f"homeassistant/binary_sensor/{node}/wok-1_gas/config"]
     assert gas["device_class"] == "gas" and gas["state_topic"] == "gasguard/hz-001/status"
-    assert "value_json.detectors['wok-1'].state" in gas["value_template"]
+    assert "value_json.detectors['wok-1']" in gas["value_template"]
     lel = configs[f"homeassistant/sensor/{node}/fryer_lel/config"]
     assert lel["unit_of_measurement"] == "%LEL"
     valve = configs[f"homeassistant/valve/{node}/main/config"]
@@ -662,3 +663,25 @@ def test_an_over_range_alarm_says_so_and_never_shows_the_raw_value() -> None:
     assert zh == "燃气泄漏高限报警：wok-1（≥100 %LEL，超量程）"
     assert en == "High gas alarm: wok-1 (≥100 %LEL, over range)"
     assert "3276" not in zh + en
+
+
+def test_an_alarm_event_publishes_the_status_at_once_not_at_the_next_check(
+    mosquitto: Mosquitto,
+    uplink_site: Callable[..., UplinkSite],
+    started: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Home Assistant reads the status topic: after an alarm it must not wait for the periodic
+    check (issue 19, item 6). The periodic check is pushed out of reach here, so only the
+    event can have published the new status."""
+    monkeypatch.setattr(channel_module, "STATUS_CHECK_S", 3600.0)
+    site = uplink_site()
+    c = started(centre(mosquitto))
+    assert c.connected.wait(5)
+    started(MqttChannel(mqtt_config(mosquitto, status_interval_s=3600.0), site.outbox, site.ctx))
+    assert c.wait_until(lambda c: c.status is not None and c.status.get("state") == "online", 5)
+    site.status_doc["alarms"] = ["wok-1: high alarm (latched until reset)"]
+    site.status_doc["detectors"][0].update(state="high-alarm", lel=64.0, latched="high")
+    site.emit("alarm.raised", "wok-1", level="high", lel=64.0, zone="hot-kitchen")
+    assert c.wait_until(lambda c: c.status is not None and c.status.get("alarm") is True, 5)
+    assert c.status is not None and c.status["detectors"]["wok-1"]["latched"] == "high"

@@ -60,6 +60,8 @@ CHANNEL = "mqtt"
 CONNECT_FAILED = "connect failed"
 MAX_RESEND_INTERVAL_S = 300.0
 STATUS_CHECK_S = 1.0  # how often the status is compared with the last one published
+# Events after which the status is published at once (it changed with them).
+STATE_CHANGE_KINDS = ("alarm.", "fault.", "valve.", "operator.reset", "store.", "power.")
 IDLE_WAKE_S = 1.0
 ERROR_PAUSE_S = 1.0
 MAX_ACKS_PER_TX = 1000
@@ -459,6 +461,7 @@ class MqttChannel:
         time until the next re-send is due (capped)."""
         items = self.outbox.peek(self.channel, self.cfg.max_inflight)
         resent: list[int] = []
+        changed = False
         next_due = now + IDLE_WAKE_S
         for item in items:
             sent = self._in_flight.get(item.seq)
@@ -472,7 +475,13 @@ class MqttChannel:
                 return IDLE_WAKE_S  # connection just dropped; the link change comes next
             attempts = 1 if sent is None else sent.attempts + 1
             self._in_flight[item.seq] = _Sent(now, attempts)
+            changed = changed or (sent is None and item.kind.startswith(STATE_CHANGE_KINDS))
             next_due = min(next_due, now + self._resend_interval(attempts))
+        if changed:
+            # An alarm, fault, valve or reset event: the entities that read the status (Home
+            # Assistant) see the new state now, not at the next periodic check.
+            self._status_wanted.set()
+            self._publish_status(now)
         if resent:
             self._resent += len(resent)
             warn(

@@ -6,12 +6,24 @@ Retained configs under ``<prefix>/<component>/<node>/<object>/config``:
   latched in) a low or high alarm;
 * ``sensor`` in ``%LEL`` per detector: unknown while the detector has no current value (a comm
   fault is never shown as the last value);
+* ``binary_sensor`` with ``device_class: problem`` per detector: ON in a comm fault or a sensor
+  fault (a silent detector's gas alarm alone would read "Clear");
 * ``valve`` per shutoff valve: open / closed / opening / closing, **read-only**: no
   ``command_topic``, and ``payload_open`` / ``payload_close`` are null so Home Assistant shows
-  no buttons. The gas comes back only by the local manual reset.
+  no buttons. The gas comes back only by the local manual reset. A valve that failed to close
+  shows "open" (the gas may flow), never "closing", and its problem sensor is ON;
+* ``binary_sensor`` ``problem`` per valve: ON when the valve failed (stuck);
+* site level: a ``gas`` binary_sensor (any alarm, latched included) and a ``problem`` one (any
+  fault: detector, valve, event log, power), to automate on.
+
+Attributes (``json_attributes_topic`` = the status topic) explain each state: a detector's
+latched level, fault and whether a local reset is needed; a valve's reason and stuck state; the
+site's alarm and fault texts.
 
 Every entity reads the site's retained status topic; availability is its ``state`` field, which
-the Last Will turns to ``offline``.
+the Last Will turns to ``offline``. With no such detector or valve in the document (the offline
+Last Will) the templates render what Home Assistant ignores: "None" (unknown) for sensors, an
+empty string for the valve, whose MQTT platform warns on anything else.
 """
 
 from __future__ import annotations
@@ -38,13 +50,40 @@ def _device(site_id: str, site_name: str, node: str) -> dict[str, Any]:
     }
 
 
-def _field(collection: str, name: str, attribute: str) -> str:
+def _field(collection: str, name: str, attribute: str, missing: str = "None") -> str:
     # Names are validated ([A-Za-z0-9_.-]), so quoting them in the template is safe. The
-    # offline Last Will has no detectors: render None (unknown), not a template error.
+    # offline Last Will has no detectors: render ``missing``, not a template error.
     return (
         f"{{% if value_json.{collection} is defined and '{name}' in value_json.{collection} %}}"
-        f"{{{{ value_json.{collection}['{name}'].{attribute} }}}}{{% else %}}None{{% endif %}}"
+        f"{{{{ value_json.{collection}['{name}'].{attribute} }}}}{{% else %}}{missing}{{% endif %}}"
     )
+
+
+def _when(collection: str, name: str, condition: str) -> str:
+    """'ON' / 'OFF' from a Jinja ``condition`` on ``x`` (the named entry), 'None' when absent."""
+    entry = f"value_json.{collection}['{name}']"
+    return (
+        f"{{% if value_json.{collection} is defined and '{name}' in value_json.{collection} %}}"
+        f"{{% set x = {entry} %}}{{{{ 'ON' if {condition} else 'OFF' }}}}"
+        f"{{% else %}}None{{% endif %}}"
+    )
+
+
+def _attributes(collection: str, name: str, fields: dict[str, str]) -> str:
+    """A JSON object of Jinja expressions on ``x`` (the named entry); {} when absent."""
+    body = ", ".join(f'"{k}": {v}' for k, v in fields.items())
+    entry = f"value_json.{collection}['{name}']"
+    return (
+        f"{{% if value_json.{collection} is defined and '{name}' in value_json.{collection} %}}"
+        f"{{% set x = {entry} %}}{{{{ {{{body}}} | tojson }}}}{{% else %}}{{}}{{% endif %}}"
+    )
+
+
+ALARM_STATES = "['low-alarm', 'high-alarm']"
+LATCHED = "['low', 'high']"
+# The valve's status state as Home Assistant's valve states: a stuck valve is shown as where
+# it is, its problem sensor says it is stuck.
+VALVE_STATE = "{{ {'stuck-open': 'open', 'stuck-closed': 'closed'}.get(x.state, x.state) }}"
 
 
 def discovery_configs(
@@ -54,7 +93,8 @@ def discovery_configs(
     site_name: str,
     status: dict[str, Any],
 ) -> dict[str, dict[str, Any]]:
-    """Topic -> retained config for every detector and valve in the controller's ``status``."""
+    """Topic -> retained config for every detector and valve in the controller's ``status``,
+    and the site-level alarm and problem entities."""
     node = object_id(f"gasguard_{site_id}")
     device = _device(site_id, site_name, node)
     common: dict[str, Any] = {
@@ -63,26 +103,68 @@ def discovery_configs(
         "availability_template": "{{ value_json.state }}",
         "payload_available": "online",
         "payload_not_available": "offline",
+        "json_attributes_topic": topics.status,
         "device": device,
         "qos": 1,
     }
     configs: dict[str, dict[str, Any]] = {}
+    site_attrs = (
+        "{{ {'alarms': value_json.alarms | default([]), 'faults': value_json.faults "
+        "| default([]), 'simulated': value_json.simulated | default(false)} | tojson }}"
+    )
+    configs[f"{prefix}/binary_sensor/{node}/site_gas/config"] = {
+        **common,
+        "name": "Gas alarm (any detector)",
+        "unique_id": f"{node}_site_gas",
+        "device_class": "gas",
+        "value_template": "{{ 'ON' if value_json.alarm | default(false) else 'OFF' }}",
+        "json_attributes_template": site_attrs,
+        "payload_on": "ON",
+        "payload_off": "OFF",
+    }
+    configs[f"{prefix}/binary_sensor/{node}/site_problem/config"] = {
+        **common,
+        "name": "Fault (any part)",
+        "unique_id": f"{node}_site_problem",
+        "device_class": "problem",
+        "value_template": "{{ 'ON' if value_json.fault | default(false) else 'OFF' }}",
+        "json_attributes_template": site_attrs,
+        "payload_on": "ON",
+        "payload_off": "OFF",
+    }
+    detector_attrs = {
+        "state": "x.state",
+        "zone": "x.zone",
+        "latched": "x.latched",
+        "fault": "x.fault",
+        "reset_needed": f"x.latched in {LATCHED}",
+    }
     for d in status.get("detectors", []):
         if not isinstance(d, dict) or "name" not in d:
             continue
         name = str(d["name"])
         obj = object_id(name)
-        alarm = (
-            f"{{% if value_json.detectors is defined and '{name}' in value_json.detectors %}}"
-            f"{{{{ 'ON' if value_json.detectors['{name}'].state in "
-            f"['low-alarm', 'high-alarm'] else 'OFF' }}}}{{% else %}}None{{% endif %}}"
-        )
+        attrs = _attributes("detectors", name, detector_attrs)
+        # A latched alarm stays ON whatever the detector does now (a comm fault included).
         configs[f"{prefix}/binary_sensor/{node}/{obj}_gas/config"] = {
             **common,
             "name": f"{name} gas alarm",
             "unique_id": f"{node}_{obj}_gas",
             "device_class": "gas",
-            "value_template": alarm,
+            "value_template": _when(
+                "detectors", name, f"x.state in {ALARM_STATES} or x.latched in {LATCHED}"
+            ),
+            "json_attributes_template": attrs,
+            "payload_on": "ON",
+            "payload_off": "OFF",
+        }
+        configs[f"{prefix}/binary_sensor/{node}/{obj}_problem/config"] = {
+            **common,
+            "name": f"{name} fault",
+            "unique_id": f"{node}_{obj}_problem",
+            "device_class": "problem",
+            "value_template": _when("detectors", name, "x.fault is not none"),
+            "json_attributes_template": attrs,
             "payload_on": "ON",
             "payload_off": "OFF",
         }
@@ -93,20 +175,44 @@ def discovery_configs(
             "unit_of_measurement": "%LEL",
             "state_class": "measurement",
             "value_template": _field("detectors", name, "lel"),
+            "json_attributes_template": attrs,
         }
+    valve_attrs = {
+        "state": "x.state",
+        "commanded": "x.commanded",
+        "feedback": "x.feedback",
+        "failed": "x.failed",
+        "stuck_open": "x.state == 'stuck-open'",
+        "reason": "x.reason",
+    }
     for v in status.get("valves", []):
         if not isinstance(v, dict) or "name" not in v:
             continue
         name = str(v["name"])
         obj = object_id(name)
+        attrs = _attributes("valves", name, valve_attrs)
         configs[f"{prefix}/valve/{node}/{obj}/config"] = {
             **common,
             "name": f"{name} gas shutoff valve",
             "unique_id": f"{node}_{obj}_valve",
             "device_class": "gas",
-            "value_template": _field("valves", name, "state"),
+            "value_template": (
+                f"{{% if value_json.valves is defined and '{name}' in value_json.valves %}}"
+                f"{{% set x = value_json.valves['{name}'] %}}{VALVE_STATE}{{% endif %}}"
+            ),
+            "json_attributes_template": attrs,
             # Read-only: no command topic, no open/close buttons (down-link safety).
             "payload_open": None,
             "payload_close": None,
+        }
+        configs[f"{prefix}/binary_sensor/{node}/{obj}_valve_problem/config"] = {
+            **common,
+            "name": f"{name} valve fault",
+            "unique_id": f"{node}_{obj}_valve_problem",
+            "device_class": "problem",
+            "value_template": _when("valves", name, "x.failed is sameas true"),
+            "json_attributes_template": attrs,
+            "payload_on": "ON",
+            "payload_off": "OFF",
         }
     return configs

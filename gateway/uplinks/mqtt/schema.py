@@ -86,7 +86,8 @@ STATUS_SCHEMA: dict[str, Any] = {
         },
         "valves": {
             "type": "object",
-            "description": "by name: {state, commanded, feedback, failed}",
+            "description": "by name: {state (open, closed, opening, closing, stuck-open, "
+            "stuck-closed), commanded, feedback, failed, reason}",
         },
         "alarms": {"type": "array", "items": {"type": "string"}},
         "faults": {"type": "array", "items": {"type": "string"}},
@@ -257,6 +258,7 @@ def status_message(site_id: str, status: dict[str, Any], utc: float) -> dict[str
                 "commanded": v.get("commanded"),
                 "feedback": v.get("feedback"),
                 "failed": v.get("failed"),
+                "reason": v.get("reason"),
             }
     alarms = [str(a) for a in status.get("alarms", [])]
     faults = [str(f) for f in status.get("faults", [])]
@@ -277,9 +279,16 @@ def status_message(site_id: str, status: dict[str, Any], utc: float) -> dict[str
 
 def valve_state(valve: dict[str, Any]) -> str:
     """open, closed, opening or closing, from the feedback contact when there is one (what
-    the valve body does), else from the command."""
+    the valve body does), else from the command. A valve the controller declared failed is
+    ``stuck-open`` (told to close, the contact still says open: the gas may still flow) or
+    ``stuck-closed``, never "closing": a stuck valve is a problem, not a movement."""
     commanded = valve.get("commanded")
     feedback = valve.get("feedback")
+    if valve.get("failed") is True:
+        if feedback == "open":
+            return "stuck-open"
+        if feedback == "closed" and commanded == "open":
+            return "stuck-closed"
     if feedback in ("open", "closed"):
         if commanded == "closed" and feedback == "open":
             return "closing"
