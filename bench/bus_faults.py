@@ -20,14 +20,12 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Sequence
 from typing import TextIO
 
 from bench import Figure, emit, median, note
 from bench.emulator_proc import BusSpec, DetectorSpec, EmulatorProcess
-from bench.poll import PollSetting
-from gateway.config import BusConfig, DetectorConfig
-from gateway.core.model import CommFailure, Gas, Reading
+from bench.poll import PollSetting, bench_bus, bench_detectors
+from gateway.core.model import CommFailure, Reading
 from gateway.drivers.modbus_bus import DetectorBus
 from gateway.profiles import Profile, default_profiles_dir, load_profiles
 from gateway.rtu import READ_REQUEST_BYTES, char_time, t35
@@ -43,27 +41,6 @@ LATE, SILENT = 1, 2  # addresses of the misbehaving detectors in part 1
 CRC_EVERY_S = 0.3
 LATE_CHANGE_EVERY_S = 0.5
 BUSY_PERIOD_S = 0.5
-
-
-def _bus(path: str, s: PollSetting, timeout_s: float, retries: int) -> BusConfig:
-    return BusConfig(
-        name="bench",
-        port=path,
-        baud=s.baud,
-        parity=s.parity,
-        stop_bits=s.stop_bits,
-        timeout_s=timeout_s,
-        gap_ms=0.0,
-        rs485=False,
-        retries=retries,
-    )
-
-
-def _detectors(profile: Profile, addresses: Sequence[int]) -> list[DetectorConfig]:
-    return [
-        DetectorConfig(f"det-{a}", "bench", "bench", a, profile, Gas.NATURAL_GAS, 20.0, 50.0)
-        for a in addresses
-    ]
 
 
 def late_delays(s: PollSetting, profile: Profile, timeout_s: float) -> list[float]:
@@ -84,8 +61,8 @@ def faulted_run(
     addresses = list(range(1, 9))
     delivered: queue.SimpleQueue[Reading | CommFailure] = queue.SimpleQueue()
     poller = DetectorBus(
-        _bus(emu.paths[bus], s, FAULT_TIMEOUT_S, retries=1),
-        _detectors(profile, addresses),
+        bench_bus(emu.paths[bus], s, FAULT_TIMEOUT_S, retries=1),
+        bench_detectors(profile, addresses),
         0.25,
         delivered.put,
     )
@@ -132,8 +109,8 @@ def healthy_rate(
     emu.misbehave(bus, 1, silent=silent)
     delivered: queue.SimpleQueue[Reading | CommFailure] = queue.SimpleQueue()
     poller = DetectorBus(
-        _bus(emu.paths[bus], s, 0.2, retries=1),
-        _detectors(profile, addresses),
+        bench_bus(emu.paths[bus], s, 0.2, retries=1),
+        bench_detectors(profile, addresses),
         BUSY_PERIOD_S,
         delivered.put,
     )

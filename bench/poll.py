@@ -102,6 +102,29 @@ def open_port(path: str, setting: PollSetting) -> serial.Serial:
             time.sleep(0.1)
 
 
+def bench_bus(path: str, setting: PollSetting, timeout_s: float, retries: int) -> BusConfig:
+    """The benchmarks' bus: ``setting``'s line on ``path``, no extra gap, no kernel RS-485."""
+    return BusConfig(
+        name="bench",
+        port=path,
+        baud=setting.baud,
+        parity=setting.parity,
+        stop_bits=setting.stop_bits,
+        timeout_s=timeout_s,
+        gap_ms=0.0,
+        rs485=False,
+        retries=retries,
+    )
+
+
+def bench_detectors(profile: Profile, addresses: Sequence[int]) -> list[DetectorConfig]:
+    """One detector ``det-<address>`` of ``profile`` per address, on the benchmarks' bus."""
+    return [
+        DetectorConfig(f"det-{a}", "bench", "bench", a, profile, Gas.NATURAL_GAS, 20.0, 50.0)
+        for a in addresses
+    ]
+
+
 def baseline_cycles(
     path: str, setting: PollSetting, profile: Profile, addresses: Sequence[int], cycles: int
 ) -> list[float]:
@@ -132,23 +155,11 @@ def gateway_cycles(
     """Durations (s) of ``cycles`` back-to-back DetectorBus cycles after ``warmup`` cycles (the
     first opens the port), from the starts in ``BusStats.recent_cycles``; and how many
     CommFailures it delivered."""
-    bus = BusConfig(
-        name="bench",
-        port=path,
-        baud=setting.baud,
-        parity=setting.parity,
-        stop_bits=setting.stop_bits,
-        timeout_s=REPLY_TIMEOUT_S,
-        gap_ms=0.0,
-        rs485=False,
-        retries=0,
-    )
-    detectors = [
-        DetectorConfig(f"det-{a}", "bench", "bench", a, profile, Gas.NATURAL_GAS, 20.0, 50.0)
-        for a in addresses
-    ]
+    bus = bench_bus(path, setting, REPLY_TIMEOUT_S, retries=0)
     delivered: queue.SimpleQueue[Reading | CommFailure] = queue.SimpleQueue()
-    poller = DetectorBus(bus, detectors, BACK_TO_BACK_PERIOD_S, delivered.put)
+    poller = DetectorBus(
+        bus, bench_detectors(profile, addresses), BACK_TO_BACK_PERIOD_S, delivered.put
+    )
     expected_s = (warmup + cycles + 1) * len(addresses) * 0.05
     deadline = time.monotonic() + 10.0 + 3 * expected_s
     poller.start()
