@@ -16,7 +16,7 @@ import pytest
 
 from gateway.core.model import Event, Level
 from gateway.store.events import EventStore, latched_from_log
-from gateway.store.latchfile import SIZE, LatchFile, union
+from gateway.store.latchfile import SECTOR, SIZE, SLOT, LatchFile, union
 from gateway.store.recorder import LatchedSnapshot, Recorder, RecorderItem
 from tests.conftest import SmallDisk
 
@@ -220,3 +220,38 @@ def test_a_recorder_that_crashes_is_a_store_fault(tmp_path: Path) -> None:
     while not health and time.monotonic() < deadline:
         time.sleep(0.01)
     assert health and health[-1] is not None and "recorder stopped" in health[-1]
+
+
+def test_the_latch_file_falls_back_to_the_page_cache_where_direct_io_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # tmpfs before Linux 6.6 and 4 KiB-sector devices refuse O_DIRECT with EINVAL.
+    real_open = os.open
+
+    def no_direct(path: str, flags: int, *args: int) -> int:
+        if flags & getattr(os, "O_DIRECT", 0):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_direct)
+    latch = LatchFile(tmp_path / "latched.state")
+    latch.save({"wok-1": Level.HIGH})
+    latch.save({"wok-1": Level.HIGH, "fryer": Level.LOW})
+    assert LatchFile(tmp_path / "latched.state").load() == {
+        "wok-1": Level.HIGH,
+        "fryer": Level.LOW,
+    }
+
+
+def test_a_latch_write_rewrites_whole_sectors_and_keeps_the_other_slot(tmp_path: Path) -> None:
+    latch = LatchFile(tmp_path / "latched.state")
+    latch.save({"wok-1": Level.LOW})
+    before = (tmp_path / "latched.state").read_bytes()
+    latch.save({"wok-1": Level.HIGH})
+    after = (tmp_path / "latched.state").read_bytes()
+    assert len(after) == SIZE
+    changed = [i for i in range(SIZE) if before[i] != after[i]]
+    # The new record went into the other slot, in whole sectors; the older one is untouched.
+    assert changed and min(changed) // SLOT == max(changed) // SLOT
+    assert max(changed) - min(changed) < SECTOR
+    assert LatchFile(tmp_path / "latched.state").load() == {"wok-1": Level.HIGH}
