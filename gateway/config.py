@@ -32,6 +32,7 @@ OUTPUT_PINS = tuple(p for p in range(9, 28) if p not in (14, 15))
 INPUT_PINS = tuple(p for p in range(2, 28) if p not in (14, 15))
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 NAME_RULE = "1-32 letters, digits, '_', '.' or '-', starting with a letter or digit"
+LABEL_MAX = 40  # characters of a display name (``label``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,7 @@ class DetectorConfig:
     gas: Gas
     low_lel: float
     high_lel: float
+    label: str = ""  # the display name (any language) shown to people; "" shows ``name``
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,7 @@ class ValveConfig:
     feedback_closed_level: str  # "high" or "low": the input level that means "closed"
     close_confirm_s: float
     zones: tuple[str, ...]
+    label: str = ""  # the display name (any language) shown to people; "" shows ``name``
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,7 +429,9 @@ def _detector(
     """The detector, or None if its profile is unknown; and, always, what was written (for
     the cross-checks of names, zones and addresses)."""
     k = f"detector[{i}]"
-    c.known_keys(d, k, ("name", "zone", "bus", "address", "profile", "gas", "low_lel", "high_lel"))
+    c.known_keys(
+        d, k, ("name", "label", "zone", "bus", "address", "profile", "gas", "low_lel", "high_lel")
+    )
     name = _name(c, d, f"{k}.name")
     zone = _name(c, d, f"{k}.zone")
     bus = c.string(d, f"{k}.bus")
@@ -449,7 +454,8 @@ def _detector(
     seen = _Written(name, zone, bus, address if address_ok else None)
     if profile is None:
         return None, seen
-    return DetectorConfig(name, zone, bus, address, profile, Gas(gas), low, high), seen
+    label = c.free_text(d, f"{k}.label", LABEL_MAX)
+    return DetectorConfig(name, zone, bus, address, profile, Gas(gas), low, high, label), seen
 
 
 def _valve(c: Checker, v: dict[str, Any], i: int) -> ValveConfig:
@@ -459,6 +465,7 @@ def _valve(c: Checker, v: dict[str, Any], i: int) -> ValveConfig:
         k,
         (
             "name",
+            "label",
             "kind",
             "output_pin",
             "pulse_ms",
@@ -486,4 +493,5 @@ def _valve(c: Checker, v: dict[str, Any], i: int) -> ValveConfig:
         ),
         close_confirm_s=c.number(v, f"{k}.close_confirm_s", 0.1, 10.0, default=2.0),
         zones=c.strings(v, f"{k}.zones"),
+        label=c.free_text(v, f"{k}.label", LABEL_MAX),
     )

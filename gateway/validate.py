@@ -6,6 +6,7 @@ import math
 import os
 import stat
 import tomllib
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,22 @@ class Checker:
             self.bad(key, value, "a non-empty string")
             return default
         return value
+
+    def free_text(self, data: dict[str, Any], key: str, max_len: int) -> str:
+        """Optional text for people (any language): "" when absent; refused when empty, longer
+        than ``max_len`` characters or holding control characters."""
+        value = data.get(self._leaf(key))
+        if value is None:
+            return ""
+        if (
+            not isinstance(value, str)
+            or not value.strip()
+            or len(value) > max_len
+            or any(unicodedata.category(ch) == "Cc" for ch in value)
+        ):
+            self.bad(key, value, f"1-{max_len} characters in any language, no control characters")
+            return ""
+        return value.strip()
 
     def choice(
         self,

@@ -550,3 +550,24 @@ def test_oversized_files_and_texts_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         load_config(long_name)
     assert any("at most 4096 characters" in p.allowed for p in e.value.problems)
+
+
+def test_display_names_in_any_language_are_kept_for_detectors_and_valves() -> None:
+    data = example()
+    data["detector"][0]["label"] = "炒锅上方 wok 1"
+    data["valve"][0]["label"] = "总阀"
+    cfg = parse_config(data, EXAMPLE)
+    assert cfg.detectors[0].label == "炒锅上方 wok 1"
+    assert cfg.detectors[1].label == ""  # none given: people see the name
+    assert cfg.valves[0].label == "总阀"
+
+
+@pytest.mark.parametrize("label", ["", "   ", "a\nb", "x" * 41, 7])
+def test_a_display_name_that_is_empty_too_long_or_has_control_characters_is_rejected(
+    label: object,
+) -> None:
+    data = example()
+    data["detector"][0]["label"] = label
+    p = only_problem(data)
+    assert (p.key, p.value) == ("detector[0].label", label)
+    assert p.allowed == "1-40 characters in any language, no control characters"

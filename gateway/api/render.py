@@ -269,16 +269,22 @@ def _render_uplinks(status: dict[str, Any]) -> list[str]:
         # The SMS fallback has no connection: its modem's health stands for the link.
         up = state.get("connected", state.get("modem_ok"))
         link = _flag(up, "up", "DOWN", "?")
+        # What "delivered" means on this channel: an MQTT site without a receiving centre
+        # counts the broker's PUBACK, and must say so.
+        delivery = {"broker": "broker PUBACK", "centre": "centre ack"}.get(
+            str(state.get("delivery")), "-"
+        )
         rows.append(
             [
                 _text(name),
                 _text(peer),
                 link,
                 _text(state.get("pending", "?")),
+                delivery,
                 _text(state.get("last_error")),
             ]
         )
-    lines += table(("CHANNEL", "PEER", "LINK", "PENDING", "LAST ERROR"), rows)
+    lines += table(("CHANNEL", "PEER", "LINK", "PENDING", "DELIVERED ON", "LAST ERROR"), rows)
     return lines
 
 

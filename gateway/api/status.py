@@ -47,6 +47,7 @@ def build_status(
         detectors.append(
             {
                 "name": d.name,
+                "label": c.label if c and c.label else d.name,
                 "zone": d.zone,
                 "bus": c.bus if c else None,
                 "address": c.address if c else None,
@@ -82,6 +83,7 @@ def build_status(
         valves.append(
             {
                 "name": v.name,
+                "label": vc.label if vc and vc.label else v.name,
                 "kind": vc.kind if vc else None,
                 "commanded": "open" if v.commanded_open else "closed",
                 "reason": v.reason,

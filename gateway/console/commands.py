@@ -1614,7 +1614,8 @@ def build_commands() -> list[Command]:
             ("detector", "add"),
             "detector add NAME key=value ...",
             "stage a new detector",
-            "Keys: zone bus address profile gas low_lel high_lel (all needed).\n"
+            "Keys: zone bus address profile gas low_lel high_lel (all needed);\n"
+            "label (a display name in any language, optional).\n"
             "Set points (GB 15322.1): low_lel 1-25, high_lel at most 50 %LEL.\n" + kv_help,
             _entry_cmd("detector", "add"),
             kv="detector",
@@ -1641,7 +1642,7 @@ def build_commands() -> list[Command]:
             "valve add NAME key=value ...",
             "stage a new valve",
             "Keys: kind output_pin pulse_ms feedback_pin feedback_closed_level\n"
-            "close_confirm_s zones. Valve changes apply at the next controller restart.\n"
+            "close_confirm_s zones label. Valve changes apply at the next controller restart.\n"
             + kv_help,
             _entry_cmd("valve", "add"),
             kv="valve",

@@ -57,6 +57,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 SCHEMAS: dict[str, dict[str, str]] = {
     "detector": {
         "name": "str",
+        "label": "str",
         "zone": "str",
         "bus": "str",
         "address": "int",
@@ -67,6 +68,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
     },
     "valve": {
         "name": "str",
+        "label": "str",
         "kind": "str",
         "output_pin": "int",
         "pulse_ms": "int?",

@@ -26,6 +26,7 @@ from typing import Any
 
 from gpiozero import Factory
 
+from gateway import __version__
 from gateway.api.control import ControlServer, Handler
 from gateway.api.status import build_status
 from gateway.appliance.cpus import make_realtime
@@ -57,7 +58,7 @@ from gateway.store.latchfile import LatchFile, latch_path, union
 from gateway.store.recorder import Recorder, RecorderItem
 from gateway.validate import ConfigError
 
-VERSION = "0.1.0"
+VERSION = __version__
 # The uplinks process reports its state every UPLINK_REPORT_S; after this long without a report
 # the status says it is not reporting.
 UPLINK_STALE_S = 10.0
@@ -109,7 +110,8 @@ class Controller:
         self._cycle_listeners: list[Callable[[], None]] = []
         self._extra_handlers: dict[str, Handler] = {}
         # The uplinks process's last report: (monotonic time, {channel: state}).
-        self.uplink_report: tuple[float, dict[str, Any]] | None = None
+        # (when, channels, outbox fill) from the uplinks process's last report
+        self.uplink_report: tuple[float, dict[str, Any], dict[str, Any] | None] | None = None
         # UTC of a fire-centre duty check (查岗) nobody has answered yet; one reference,
         # assigned whole by the recorder thread and cleared by whoever answers.
         self.duty_check_pending: float | None = None
@@ -424,6 +426,12 @@ class Controller:
         report = self.uplink_report
         age = report_age_s(self)
         status["uplinks"] = report[1] if report is not None else {}
+        outbox = report[2] if report is not None else None
+        status["outbox"] = outbox
+        if outbox is not None and outbox.get("warning"):
+            # Not a safety fault (the gas is not affected) but one the owner must see: the
+            # alarms are not reaching their receivers.
+            status["faults"].append(f"outbox: {outbox['warning']}")
         expected = bool(self.config.uplink_table)
         status["uplinks_process"] = {
             "expected": expected,

@@ -204,18 +204,25 @@ def _record_handler(controller: Controller, kinds: Kinds) -> Handler:
 
 
 def _report(controller: Controller, args: dict[str, Any]) -> dict[str, Any]:
-    """The uplinks process's state for the status (``{"channels": {name: state}}``)."""
-    only_args("report", args, ("channels",))
+    """The uplinks process's state for the status: ``{"channels": {name: state}, "outbox":
+    {rows, max_rows, ..., warning} or null}``."""
+    only_args("report", args, ("channels", "outbox"))
     channels = args.get("channels")
     if not isinstance(channels, dict) or not all(isinstance(k, str) for k in channels):
         raise CommandError("report: channels must be an object of channel name -> state")
+    outbox = args.get("outbox")
+    if outbox is not None and (
+        not isinstance(outbox, dict)
+        or not isinstance(outbox.get("warning"), str | type(None))
+    ):
+        raise CommandError("report: outbox must be null or an object with a warning text or null")
     try:
-        size = len(json.dumps(channels, ensure_ascii=False, allow_nan=False).encode())
+        size = len(json.dumps([channels, outbox], ensure_ascii=False, allow_nan=False).encode())
     except (TypeError, ValueError) as e:
         raise CommandError(f"report: channels are not plain JSON: {e}") from None
     if size > MAX_REPORT_BYTES:
         raise CommandError(f"report: {size} bytes; at most {MAX_REPORT_BYTES}")
-    controller.uplink_report = (controller.clock(), channels)
+    controller.uplink_report = (controller.clock(), channels, outbox)
     return {"reported": True}
 
 

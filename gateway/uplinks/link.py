@@ -84,10 +84,10 @@ class SafetyLink:
             self._waiting.append(item)
             self._wake.notify()
 
-    def report(self, channels: dict[str, Any]) -> None:
-        """Tell the safety process the channels' state (best effort)."""
+    def report(self, channels: dict[str, Any], outbox: dict[str, Any] | None = None) -> None:
+        """Tell the safety process the channels' state and the outbox's fill (best effort)."""
         try:
-            self.call("report", channels=channels)
+            self.call("report", channels=channels, outbox=outbox)
         except ControlError as e:
             warn("uplinks.report_failed", error=str(e)[:200])
 

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.log import error
+from gateway.core.model import Event
+from gateway.log import error, warn
 from gateway.paths import outbox_db
 from gateway.store.events import EventStore, EventStoreError
 from gateway.uplinks.config import UplinkConfig
@@ -31,6 +32,8 @@ class Uplinks:
         self.cfg = cfg
         self.outbox: Outbox | None = None
         self.channels: list[Any] = []
+        self._ctx: UplinkContext | None = None
+        self._filling: str | None = None  # the outbox warning last recorded
         names = cfg.channels()
         if not names:
             return
@@ -53,6 +56,7 @@ class Uplinks:
         outbox = self.outbox
         if outbox is None:
             return
+        self._ctx = ctx
         mqtt_cfg, gb_cfg, sms_cfg = self.cfg.mqtt, self.cfg.gb26875, self.cfg.sms
         # The SMS fallback texts when every IP channel is down: it watches these.
         ip_links: list[Callable[[], bool]] = []
@@ -77,6 +81,28 @@ class Uplinks:
             return None
         self.channels.append(channel)
         return channel
+
+    def check_outbox(self) -> dict[str, Any] | None:
+        """The outbox's fill for the status; records ``uplink.outbox_filling`` when it starts
+        to fill (and ``uplink.outbox_ok`` when it is fine again), so that it reaches the event
+        log, the centres and the status as a fault before anything is dropped."""
+        if self.outbox is None:
+            return None
+        fill = self.outbox.fill()
+        filling = fill.warning is not None
+        if filling != (self._filling is not None):
+            kind = "uplink.outbox_filling" if filling else "uplink.outbox_ok"
+            details: dict[str, Any] = {"rows": fill.rows, "max_rows": fill.max_rows}
+            if fill.warning is not None:
+                details["text"] = fill.warning
+            warn(kind, **details)
+            if self._ctx is not None:
+                try:
+                    self._ctx.record(Event(kind, "outbox", time.monotonic(), details))
+                except Exception as e:
+                    error("uplink.record_failed", kind=kind, error=e)
+        self._filling = fill.warning
+        return fill.as_dict()
 
     def stop(self) -> None:
         """Stop the channels (before the recorder stops, so their last events are stored)."""

@@ -20,6 +20,10 @@ Delivery policy (what is kept, in what order, and when something is dropped):
 * Bounds: ``max_rows`` (default 100 000) and ``max_age_s`` (default none) only ever drop
   **non-alarm** rows, oldest first, each drop logged (``outbox.dropped``). Alarm-class rows are
   never dropped; the file grows instead (a kitchen raises a handful of alarms a year).
+* Before it gets there, ``fill()`` warns: at ``FILL_WARN`` of ``max_rows``, or when the card
+  has less than ``CARD_RESERVE_BYTES`` free. The uplinks process records that as
+  ``uplink.outbox_filling`` and the status shows it as a fault (a centre that stopped
+  acknowledging, a site with no receiving centre left in ``delivery = "centre"``).
 * If a write fails (disk full, I/O error), the events stay in memory in order and are written
   before anything newer on the next ``add``; the event log still has them, and ``catch_up``
   recovers them after a restart.
@@ -37,6 +41,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -63,6 +69,11 @@ PRUNE_EVERY_S = 60.0
 # history was never promised to a receiver that did not exist yet.
 FRESH_WINDOW_S = 24 * 3600.0
 CATCH_UP_PAGE = 1000
+# fill(): warn at this share of max_rows (before anything is dropped), clear below FILL_CLEAR;
+# warn too while the card has less than CARD_RESERVE_BYTES free.
+FILL_WARN = 0.8
+FILL_CLEAR = 0.7
+CARD_RESERVE_BYTES = 64 * 1024 * 1024
 
 # Kind prefixes of the events that go first and are never dropped.
 ALARM_CLASS_PREFIXES = ("alarm.", "fault.", "valve.", "operator.reset")
@@ -90,6 +101,27 @@ _SCHEMA = (
         value TEXT NOT NULL
     )""",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxFill:
+    """How full the outbox is: events held, the bound, its bytes on the card, the card's free
+    bytes, and what is wrong (``warning``, None while it is fine)."""
+
+    rows: int
+    max_rows: int
+    file_bytes: int
+    card_free_bytes: int | None
+    warning: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "max_rows": self.max_rows,
+            "file_bytes": self.file_bytes,
+            "card_free_bytes": self.card_free_bytes,
+            "warning": self.warning,
+        }
 
 
 class OutboxError(Exception):
@@ -184,6 +216,7 @@ class Outbox:
         self._watchers: list[Callable[[], None]] = []
         self._backlog: list[StoredEvent] = []
         self._last_prune = 0.0
+        self._filling = False  # fill() warned and has not cleared yet (hysteresis)
         self.last_error: str | None = None
         self.dropped = 0
         self.fresh = not self.path.exists()
@@ -603,6 +636,36 @@ class Outbox:
             except sqlite3.Error as e:
                 raise self._error(e, f"counting {channel}'s queue") from e
         return int(row[0])
+
+    def fill(self) -> OutboxFill:
+        """How full the outbox is, with a warning from ``FILL_WARN`` of ``max_rows`` (cleared
+        below ``FILL_CLEAR``) or while the card has less than ``CARD_RESERVE_BYTES`` free."""
+        with self._lock:
+            rows = self._rows
+        file_bytes = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                file_bytes += os.stat(f"{self.path}{suffix}").st_size
+        try:
+            free: int | None = shutil.disk_usage(self.path.parent).free
+        except OSError:
+            free = None
+        share = rows / self.max_rows
+        self._filling = share >= (FILL_CLEAR if self._filling else FILL_WARN)
+        problems = []
+        if self._filling:
+            problems.append(
+                f"{rows} events not acknowledged by every channel ({share:.0%} of the "
+                f"{self.max_rows} it holds; beyond that the oldest non-alarm events are dropped)"
+            )
+        if free is not None and free < CARD_RESERVE_BYTES:
+            problems.append(
+                f"the card has {free / 1e6:.1f} MB free (outbox {file_bytes / 1e6:.1f} MB); "
+                f"alarms wait in the event log if it fills"
+            )
+        return OutboxFill(
+            rows, self.max_rows, file_bytes, free, "; ".join(problems) if problems else None
+        )
 
     def unacked_channels(self, seq: int) -> list[str]:
         """The channels that have not acknowledged event ``seq`` yet ([] once all have, or for

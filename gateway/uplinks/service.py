@@ -194,10 +194,12 @@ class UplinkService:
         last_at = 0.0
         while not self._stopping.is_set():
             with contextlib.suppress(Exception):
-                state = self.state()
+                outbox = None if self.uplinks is None else self.uplinks.check_outbox()
+                channels = self.state()
+                state = {"channels": channels, "outbox": outbox}
                 now = self.clock()
                 if state != last or now - last_at >= REPORT_S:
-                    self.link.report(state)
+                    self.link.report(channels, outbox)
                     last, last_at = state, now
             self._stopping.wait(REPORT_CHECK_S)
 

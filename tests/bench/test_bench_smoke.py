@@ -166,6 +166,17 @@ def test_flooded_reaction_benchmark_runs_with_both_uplinks(
         value(figures, f"reaction_flooded_median_{tag}", "ms")
 
 
+def test_mqtt_benchmark_measures_the_ack_and_the_status_behind_each_alarm(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    figures = run_quick("uplink_mqtt", capsys)
+    for name in ("mqtt_alarm_ack", "mqtt_alarm_status"):
+        mid = value(figures, f"{name}_median", "ms")
+        p99 = value(figures, f"{name}_p99", "ms")
+        assert 0 < mid <= p99  # each status was matched to its own alarm, after it was raised
+    assert value(figures, "mqtt_replay_rate", "events/s") > 0
+
+
 # -- (c) resources, (d) cold start ----------------------------------------------------------------
 
 

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from gateway.api.control import ControlClient
+from gateway.api.control import ControlClient, ControlError
 from gateway.core.model import Level
+from gateway.paths import uplink_socket
 from gateway.safety.controller import Controller
 from gateway.sim.kitchen import SimBus, SimDetector, SimulatedKitchen
 from gateway.store.events import EventStore
@@ -207,6 +208,25 @@ def test_status_api_over_the_socket(kitchen: SimulatedKitchen, controller: Contr
     assert status["valves"][0]["commanded"] == "closed"
     mode = kitchen.config().control_socket.stat().st_mode & 0o777
     assert mode == 0o660
+
+
+def test_a_filling_outbox_reported_by_the_uplinks_is_a_fault_in_the_status(
+    kitchen: SimulatedKitchen, controller: Controller
+) -> None:
+    assert controller.first_poll_done.wait(5)
+    uplinks = ControlClient(uplink_socket(kitchen.config().control_socket))
+    warning = "80000 events not acknowledged by every channel (80% of the 100000 it holds)"
+    fill = {"rows": 80000, "max_rows": 100000, "warning": warning}
+    uplinks.call("report", channels={}, outbox=fill)
+    status = controller.status()
+    assert status["outbox"] == fill
+    assert f"outbox: {warning}" in status["faults"]
+    # A malformed report is refused and changes nothing.
+    with pytest.raises(ControlError, match="outbox must be null or an object"):
+        uplinks.call("report", channels={}, outbox={"warning": 3})
+    assert controller.status()["outbox"] == fill
+    uplinks.call("report", channels={}, outbox={"rows": 10, "max_rows": 100000, "warning": None})
+    assert not [f for f in controller.status()["faults"] if f.startswith("outbox")]
 
 
 def test_safety_loop_failure_closes_every_valve(

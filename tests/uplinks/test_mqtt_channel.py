@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from gateway.uplinks.mqtt.schema import (
 from gateway.uplinks.outbox import Outbox, OutboxItem
 from gateway.uplinks.receive import ReceivingCentre
 from gateway.validate import Checker
+from tests.commands import require_command
 from tests.uplink_fixtures import (
     Mosquitto,
     UplinkSite,
@@ -192,6 +192,19 @@ def test_config_defaults_are_the_safe_ones() -> None:
     assert cfg.topic_prefix == "gasguard"
 
 
+def test_delivery_and_home_assistant_language_take_only_known_values() -> None:
+    c = Checker("site.toml")
+    cfg = parse_mqtt_config(
+        {"host": "h", "delivery": "broker", "homeassistant_language": "zh"}, c, "uplink.mqtt"
+    )
+    assert c.problems == [] and (cfg.delivery, cfg.homeassistant_language) == ("broker", "zh")
+    c = Checker("site.toml")
+    parse_mqtt_config({"host": "h", "delivery": "ha", "homeassistant_language": "fr"}, c, "x")
+    text = "\n".join(str(p) for p in c.problems)
+    assert "x.delivery = 'ha'" in text and "'centre'" in text and "'broker'" in text
+    assert "x.homeassistant_language = 'fr'" in text
+
+
 def test_config_problems_name_key_value_and_range(tmp_path: Path) -> None:
     c = Checker("site.toml")
     parse_mqtt_config(
@@ -257,7 +270,8 @@ def test_an_unacknowledged_event_is_resent_until_the_centre_confirms_it(
     assert c.wait_until(lambda c: c.duplicates >= 2, 10), "the event was not re-sent"
     assert len(c.events) == 1  # shown once
     assert site.outbox.pending("mqtt") == 1  # the broker has it, the centre did not confirm
-    assert channel.state.resent >= 2
+    # Counted after the publish that the centre may already have seen: wait, do not race it.
+    assert wait_for(lambda: channel.state.resent >= 2, 2)
     c.acking = True
     assert wait_for(lambda: site.outbox.pending("mqtt") == 0, 10)
     resent = channel.state.resent
@@ -304,6 +318,7 @@ def test_status_is_retained_answers_a_request_and_nothing_else_is_obeyed(
     assert c.wait_until(lambda c: c.status is not None and c.status.get("state") == "online", 5)
     assert c.status is not None
     assert c.status["detectors"]["wok-1"] == {
+        "label": "wok-1",  # no display name configured: the name
         "state": "normal",
         "lel": 1.0,
         "over_range": False,
@@ -328,6 +343,39 @@ def test_status_is_retained_answers_a_request_and_nothing_else_is_obeyed(
     site.status_doc["detectors"][0].update(state="high-alarm", lel=64.0, latched="high")
     assert c.wait_until(lambda c: c.status is not None and c.status.get("alarm") is True, 5)
     peer.close()
+
+
+def test_a_home_assistant_only_site_counts_the_brokers_puback_and_stops_resending(
+    mosquitto: Mosquitto, uplink_site: Callable[..., UplinkSite], started: Callable[..., Any]
+) -> None:
+    # Issue 19 item 5: with delivery = "centre" and nobody acking, the outbox re-sent forever.
+    site = uplink_site()
+    listener = Peer(mosquitto, subscribe="gasguard/hz-001/event")  # Home Assistant: no acks
+    cfg = mqtt_config(mosquitto, ack_timeout_s=0.3, delivery="broker")
+    channel = started(MqttChannel(cfg, site.outbox, site.ctx))
+    site.emit("alarm.raised", "wok-1", level="high", lel=62.0, zone="hot-kitchen")
+    site.emit("valve.closed", "main", confirmed=True)
+    assert wait_for(lambda: site.outbox.pending("mqtt") == 0, 5), "the PUBACKs did not count"
+    assert wait_for(lambda: len(listener.on("gasguard/hz-001/event")) == 2, 5)
+    time.sleep(1.0)  # three ack timeouts: nothing is re-sent
+    state = channel.state
+    assert (state.acked, state.resent, state.delivery) == (2, 0, "broker")
+    assert len(listener.on("gasguard/hz-001/event")) == 2
+    listener.close()
+
+
+def test_a_site_with_a_centre_keeps_the_end_to_end_ack_by_default(
+    mosquitto: Mosquitto, uplink_site: Callable[..., UplinkSite], started: Callable[..., Any]
+) -> None:
+    site = uplink_site()
+    channel = started(
+        MqttChannel(mqtt_config(mosquitto, ack_timeout_s=0.3), site.outbox, site.ctx)
+    )
+    site.emit("alarm.raised", "wok-1", level="high", lel=62.0, zone="hot-kitchen")
+    assert wait_for(lambda: channel.state.resent >= 1, 5)
+    # The broker has the event, but only the centre's ack is a delivery.
+    assert site.outbox.pending("mqtt") == 1
+    assert channel.state.delivery == "centre"
 
 
 def test_home_assistant_discovery_is_read_only(
@@ -563,7 +611,8 @@ def test_gateway_killed_mid_publish_loses_nothing(
 
 
 def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+    openssl = require_command("openssl", "openssl")
+    subprocess.run([openssl, *args], cwd=cwd, check=True, capture_output=True, timeout=30)
 
 
 def make_ca(workdir: Path, name: str) -> Path:
@@ -597,7 +646,6 @@ def make_server_cert(workdir: Path, ca: str) -> tuple[Path, Path]:
     return workdir / "server.pem", workdir / "server.key"
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_tls_checks_the_broker_certificate(
     tmp_path: Path, uplink_site: Callable[..., UplinkSite], started: Callable[..., Any]
 ) -> None:

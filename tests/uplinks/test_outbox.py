@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,12 +19,18 @@ import pytest
 from gateway.core.model import Event
 from gateway.paths import outbox_db
 from gateway.store.events import EventStore, StoredEvent
+from gateway.uplinks.config import UplinkConfig
+from gateway.uplinks.manager import Uplinks
+from gateway.uplinks.mqtt import MqttConfig
 from gateway.uplinks.outbox import (
+    FILL_CLEAR,
+    FILL_WARN,
     MIN_MAX_ROWS,
     Outbox,
     OutboxError,
     is_alarm_class,
 )
+from tests.uplink_fixtures import Mosquitto, UplinkSite
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -164,6 +171,23 @@ def test_alarm_class_events_are_kept_beyond_the_bound(tmp_path: Path) -> None:
     box.add_many([ev(seq, "fault.raised") for seq in range(1, MIN_MAX_ROWS + 201)])
     assert box.pending("mqtt") == MIN_MAX_ROWS + 200
     assert box.dropped == 0
+
+
+def test_the_outbox_warns_before_its_bound_and_clears_with_hysteresis(tmp_path: Path) -> None:
+    box = Outbox(outbox_db(tmp_path), "hz-001", ["mqtt"], max_rows=MIN_MAX_ROWS)
+    warn_at = int(FILL_WARN * MIN_MAX_ROWS)
+    box.add_many([ev(seq, "controller.started") for seq in range(1, warn_at)])
+    assert box.fill().warning is None
+    box.add(ev(warn_at, "controller.started"))
+    fill = box.fill()
+    assert fill.rows == warn_at and fill.max_rows == MIN_MAX_ROWS and fill.file_bytes > 0
+    assert fill.warning is not None and f"{warn_at} events not acknowledged" in fill.warning
+    assert box.dropped == 0  # a warning, before anything is dropped
+    # Below the warning level but above the clear level: still warning (no flapping).
+    box.ack_many("mqtt", range(1, 51))
+    assert box.fill().warning is not None
+    box.ack_many("mqtt", range(51, warn_at - int(FILL_CLEAR * MIN_MAX_ROWS) + 2))
+    assert box.fill().warning is None
 
 
 def test_max_age_drops_old_non_alarm_events_only(tmp_path: Path) -> None:
@@ -343,3 +367,29 @@ def test_bad_peek_and_ack_arguments_change_nothing(box: Outbox) -> None:
     with pytest.raises(ValueError, match="channel 'sms': not configured"):
         box.ack("sms", 1)
     assert box.pending("mqtt") == 1
+
+
+def test_a_filling_outbox_is_recorded_once_as_an_uplink_event_and_its_end_too(
+    tmp_path: Path, mosquitto: Mosquitto, uplink_site: Callable[..., UplinkSite]
+) -> None:
+    site = uplink_site()
+    cfg = UplinkConfig(
+        mqtt=MqttConfig(host=mosquitto.host, port=mosquitto.port, tls=False, ack_timeout_s=600.0)
+    )
+    uplinks = Uplinks(cfg, tmp_path / "data", "hz-001")
+    box = uplinks.outbox
+    assert box is not None
+    box.max_rows = MIN_MAX_ROWS
+    uplinks.start(site.ctx)
+    try:
+        box.add_many([ev(seq, "controller.started") for seq in range(1, MIN_MAX_ROWS)])
+        fill = uplinks.check_outbox()
+        assert fill is not None and fill["warning"] is not None
+        assert uplinks.check_outbox() is not None  # still filling: not recorded again
+        box.ack_many("mqtt", range(1, MIN_MAX_ROWS))
+        assert (uplinks.check_outbox() or {}).get("warning") is None
+    finally:
+        uplinks.stop()
+        uplinks.close()
+    kinds = [(e.kind, e.source) for e in site.logged() if e.kind.startswith("uplink.outbox")]
+    assert kinds == [("uplink.outbox_filling", "outbox"), ("uplink.outbox_ok", "outbox")]

@@ -36,6 +36,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway import __version__
 from gateway.core.model import Event
 from gateway.log import error, log, warn
 from gateway.uplinks.context import UplinkContext
@@ -118,6 +119,7 @@ class MqttState:
     acked: int
     last_ack_utc: float | None
     connects: int
+    delivery: str  # "centre": the centre's end-to-end ack; "broker": the broker's PUBACK
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,6 +162,9 @@ class MqttChannel:
         self._thread: threading.Thread | None = None
         # paho's thread -> channel thread
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
+        # PUBACKs by message id (delivery = "broker"), mapped to events on the channel thread.
+        self._pubacks: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._mids: dict[int, int] = {}  # message id -> event seq, for events in flight
         self._links: queue.SimpleQueue[tuple[bool, str | None]] = queue.SimpleQueue()
         self._status_wanted = threading.Event()
         self._connected = False
@@ -216,6 +221,8 @@ class MqttChannel:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        if cfg.delivery == "broker":
+            client.on_publish = self._on_publish
         return client
 
     def on_delivered(self, callback: Callable[[int], None]) -> None:
@@ -294,6 +301,7 @@ class MqttChannel:
             acked=self._acked,
             last_ack_utc=self._last_ack_utc,
             connects=self._connects,
+            delivery=self.cfg.delivery,
         )
 
     # -- paho callbacks (paho's thread: parse, queue, wake; nothing else) -------------------------
@@ -347,6 +355,22 @@ class MqttChannel:
         except Exception as e:  # nothing from the network may kill paho's thread
             error("mqtt.downlink_failed", topic=message.topic, error=repr(e)[:300])
 
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        # The broker has the message (delivery = "broker"). A refusal (reason >= 0x80, e.g.
+        # not authorised) is not a delivery: the event stays and is re-sent.
+        if reason_code.is_failure:
+            warn("mqtt.publish_refused", mid=mid, reason=str(reason_code))
+            return
+        self._pubacks.put(mid)
+        self._wake.set()
+
     # -- the channel thread -----------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -392,6 +416,7 @@ class MqttChannel:
                 # Re-send everything not yet acknowledged at once, in order; a receiver
                 # de-duplicates what it already had.
                 self._in_flight.clear()
+                self._mids.clear()
                 self._last_status_fp = None
                 self._next_heartbeat = now
                 self._publish_discovery()
@@ -434,6 +459,14 @@ class MqttChannel:
             error("mqtt.record_failed", kind=kind, error=e)
 
     def _take_acks(self) -> None:
+        while True:  # the broker's PUBACKs count as acks only in delivery = "broker"
+            try:
+                mid = self._pubacks.get_nowait()
+            except queue.Empty:
+                break
+            seq = self._mids.pop(mid, None)
+            if seq is not None:
+                self._acks.put(seq)
         seqs: list[int] = []
         while len(seqs) < MAX_ACKS_PER_TX:
             try:
@@ -489,7 +522,9 @@ class MqttChannel:
                 events=len(resent),
                 first_seq=resent[0],
                 last_seq=resent[-1],
-                reason="no acknowledgement from the centre",
+                reason="no acknowledgement from the centre"
+                if self.cfg.delivery == "centre"
+                else "no PUBACK from the broker",
             )
         return max(0.0, next_due - now)
 
@@ -503,6 +538,9 @@ class MqttChannel:
         info = self._client.publish(self.topics.event, payload, qos=1, properties=props)
         if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._sent += 1
+            if self.cfg.delivery == "broker":
+                # Mapped here, on this thread, before its PUBACK is taken (also this thread).
+                self._mids[info.mid] = item.seq
             return True
         # Not connected: paho keeps QoS 1 messages and sends them on reconnect; we re-send
         # from the outbox then as well.
@@ -543,6 +581,7 @@ class MqttChannel:
             "seq": self._heartbeats,
             "uptime_s": round(now - self._started_at, 1),
             "pending": self.outbox.pending(self.channel),
+            "delivery": self.cfg.delivery,
         }
         self._client.publish(self.topics.heartbeat, encode(document), qos=0)
 
@@ -560,6 +599,8 @@ class MqttChannel:
             self.ctx.site_id,
             self.ctx.site_name,
             status,
+            version=__version__,
+            language=self.cfg.homeassistant_language,
         )
         for topic, config in configs.items():
             self._client.publish(topic, json.dumps(config, ensure_ascii=False), qos=1, retain=True)

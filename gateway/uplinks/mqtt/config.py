@@ -14,8 +14,12 @@ Example (every key but ``host`` has a default)::
     topic_prefix = "gasguard"
     keepalive_s = 30               # 30..60 s
     ack_timeout_s = 10             # re-send an event the centre has not acknowledged
+    delivery = "centre"            # "centre": delivered when the centre acks it (end to end);
+                                   # "broker": when the broker's PUBACK comes back (a site
+                                   # whose only MQTT peer is Home Assistant: nobody else acks)
     heartbeat_s = 30
     homeassistant = false          # Home Assistant MQTT discovery
+    homeassistant_language = "en"  # entity names: "en" or "zh" (display names stay as written)
 """
 
 from __future__ import annotations
@@ -50,7 +54,12 @@ KEYS = (
     "reconnect_max_s",
     "homeassistant",
     "homeassistant_prefix",
+    "homeassistant_language",
+    "delivery",
 )
+HA_LANGUAGES = ("en", "zh")
+# What counts as delivered: the receiving centre's end-to-end ack, or the broker's PUBACK.
+DELIVERY_MODES = ("centre", "broker")
 
 # A topic level we put site ids and prefixes into: no wildcards, no separators, no NUL.
 TOPIC_LEVEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -88,6 +97,8 @@ class MqttConfig:
     reconnect_max_s: int = 30
     homeassistant: bool = False
     homeassistant_prefix: str = "homeassistant"
+    homeassistant_language: str = "en"
+    delivery: str = "centre"
 
     def __repr__(self) -> str:
         # Never print the password (status pages, logs, tracebacks).
@@ -189,4 +200,8 @@ def parse_mqtt_config(table: dict[str, Any], c: Checker, key: str) -> MqttConfig
         reconnect_max_s=reconnect_max,
         homeassistant=c.boolean(table, f"{key}.homeassistant", False),
         homeassistant_prefix=ha_prefix,
+        homeassistant_language=c.choice(
+            table, f"{key}.homeassistant_language", HA_LANGUAGES, default="en"
+        ),
+        delivery=c.choice(table, f"{key}.delivery", DELIVERY_MODES, default="centre"),
     )

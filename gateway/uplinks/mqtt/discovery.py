@@ -16,9 +16,18 @@ Retained configs under ``<prefix>/<component>/<node>/<object>/config``:
 * site level: a ``gas`` binary_sensor (any alarm, latched included) and a ``problem`` one (any
   fault: detector, valve, event log, power), to automate on.
 
+* a ``sensor`` "last event": the newest event's text (Chinese or English, as the site's
+  language), its kind, source and time as attributes.
+
 Attributes (``json_attributes_topic`` = the status topic) explain each state: a detector's
 latched level, fault and whether a local reset is needed; a valve's reason and stuck state; the
-site's alarm and fault texts.
+site's alarm and fault texts. Their names avoid the ones Home Assistant drops (``state``):
+the status document's ``state`` is the ``condition`` attribute.
+
+Presentation: the site is a device (with the software version); each zone is a device of its
+own, "via" the site, whose suggested area is the zone, holding that zone's detectors. Entity
+names use the configured display names (``label``, any language) and the site's language
+(``homeassistant_language``: English or Chinese words around them).
 
 Every entity reads the site's retained status topic; availability is its ``state`` field, which
 the Last Will turns to ``offline``. With no such detector or valve in the document (the offline
@@ -34,6 +43,39 @@ from typing import Any
 from gateway.uplinks.mqtt.schema import Topics
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+MAX_STATE_CHARS = 255  # Home Assistant refuses a longer sensor state
+
+# The words around display names, per ``homeassistant_language``.
+WORDS: dict[str, dict[str, str]] = {
+    "en": {
+        "site_gas": "Gas alarm (any detector)",
+        "site_problem": "Fault (any part)",
+        "last_event": "Last event",
+        "gas": "{} gas alarm",
+        "problem": "{} fault",
+        "lel": "{} gas concentration",
+        "valve": "{} gas shutoff valve",
+        "valve_problem": "{} valve fault",
+        "site_device": "gasguard {}",
+        "zone_device": "gasguard {} zone {}",
+        "site_model": "kitchen gas-safety controller",
+        "zone_model": "gas detection zone",
+    },
+    "zh": {
+        "site_gas": "燃气报警（任一探测器）",
+        "site_problem": "故障（任一部件）",
+        "last_event": "最近事件",
+        "gas": "{} 燃气报警",
+        "problem": "{} 故障",
+        "lel": "{} 燃气浓度",
+        "valve": "{} 燃气紧急切断阀",
+        "valve_problem": "{} 切断阀故障",
+        "site_device": "gasguard {}",
+        "zone_device": "gasguard {} 区域 {}",
+        "site_model": "厨房燃气安全控制器",
+        "zone_model": "燃气探测区域",
+    },
+}
 
 
 def object_id(name: str) -> str:
@@ -41,12 +83,24 @@ def object_id(name: str) -> str:
     return _UNSAFE.sub("_", name)
 
 
-def _device(site_id: str, site_name: str, node: str) -> dict[str, Any]:
+def _site_device(node: str, site: str, words: dict[str, str], version: str) -> dict[str, Any]:
     return {
         "identifiers": [node],
-        "name": f"gasguard {site_name or site_id}",
+        "name": words["site_device"].format(site),
         "manufacturer": "gasguard",
-        "model": "kitchen gas-safety controller",
+        "model": words["site_model"],
+        "sw_version": version,
+    }
+
+
+def _zone_device(node: str, site: str, zone: str, words: dict[str, str]) -> dict[str, Any]:
+    return {
+        "identifiers": [f"{node}_zone_{object_id(zone)}"],
+        "name": words["zone_device"].format(site, zone),
+        "manufacturer": "gasguard",
+        "model": words["zone_model"],
+        "suggested_area": zone,
+        "via_device": node,
     }
 
 
@@ -92,11 +146,17 @@ def discovery_configs(
     site_id: str,
     site_name: str,
     status: dict[str, Any],
+    *,
+    version: str,
+    language: str = "en",
 ) -> dict[str, dict[str, Any]]:
     """Topic -> retained config for every detector and valve in the controller's ``status``,
-    and the site-level alarm and problem entities."""
+    and the site-level alarm, problem and last-event entities. ``language`` ("en" or "zh")
+    chooses the words around the display names; ``version`` is the software version."""
+    words = WORDS[language]
     node = object_id(f"gasguard_{site_id}")
-    device = _device(site_id, site_name, node)
+    site = site_name or site_id
+    device = _site_device(node, site, words, version)
     common: dict[str, Any] = {
         "state_topic": topics.status,
         "availability_topic": topics.status,
@@ -114,7 +174,7 @@ def discovery_configs(
     )
     configs[f"{prefix}/binary_sensor/{node}/site_gas/config"] = {
         **common,
-        "name": "Gas alarm (any detector)",
+        "name": words["site_gas"],
         "unique_id": f"{node}_site_gas",
         "device_class": "gas",
         "value_template": "{{ 'ON' if value_json.alarm | default(false) else 'OFF' }}",
@@ -124,7 +184,7 @@ def discovery_configs(
     }
     configs[f"{prefix}/binary_sensor/{node}/site_problem/config"] = {
         **common,
-        "name": "Fault (any part)",
+        "name": words["site_problem"],
         "unique_id": f"{node}_site_problem",
         "device_class": "problem",
         "value_template": "{{ 'ON' if value_json.fault | default(false) else 'OFF' }}",
@@ -132,8 +192,27 @@ def discovery_configs(
         "payload_on": "ON",
         "payload_off": "OFF",
     }
+    text = "text_zh" if language == "zh" else "text"
+    configs[f"{prefix}/sensor/{node}/last_event/config"] = {
+        **common,
+        "name": words["last_event"],
+        "unique_id": f"{node}_last_event",
+        "icon": "mdi:message-alert",
+        "state_topic": topics.event,
+        "value_template": (
+            f"{{{{ (value_json.{text} | default(value_json.kind) | string)[:{MAX_STATE_CHARS}] }}}}"
+        ),
+        "json_attributes_topic": topics.event,
+        "json_attributes_template": (
+            "{{ {'kind': value_json.kind, 'source': value_json.source, 'utc': value_json.utc, "
+            "'text': value_json.text | default(''), 'text_zh': value_json.text_zh | default('')}"
+            " | tojson }}"
+        ),
+    }
+    # Attribute names avoid those Home Assistant's MQTT entities drop (``state``, ``name``,
+    # ``icon``, ``unit_of_measurement`` ...): "condition" is the status document's "state".
     detector_attrs = {
-        "state": "x.state",
+        "condition": "x.state",
         "zone": "x.zone",
         "latched": "x.latched",
         "fault": "x.fault",
@@ -143,12 +222,15 @@ def discovery_configs(
         if not isinstance(d, dict) or "name" not in d:
             continue
         name = str(d["name"])
+        label = str(d.get("label") or name)
         obj = object_id(name)
         attrs = _attributes("detectors", name, detector_attrs)
+        zone = str(d.get("zone") or "")
+        in_zone = {**common, "device": _zone_device(node, site, zone, words)} if zone else common
         # A latched alarm stays ON whatever the detector does now (a comm fault included).
         configs[f"{prefix}/binary_sensor/{node}/{obj}_gas/config"] = {
-            **common,
-            "name": f"{name} gas alarm",
+            **in_zone,
+            "name": words["gas"].format(label),
             "unique_id": f"{node}_{obj}_gas",
             "device_class": "gas",
             "value_template": _when(
@@ -159,8 +241,8 @@ def discovery_configs(
             "payload_off": "OFF",
         }
         configs[f"{prefix}/binary_sensor/{node}/{obj}_problem/config"] = {
-            **common,
-            "name": f"{name} fault",
+            **in_zone,
+            "name": words["problem"].format(label),
             "unique_id": f"{node}_{obj}_problem",
             "device_class": "problem",
             "value_template": _when("detectors", name, "x.fault is not none"),
@@ -169,8 +251,9 @@ def discovery_configs(
             "payload_off": "OFF",
         }
         configs[f"{prefix}/sensor/{node}/{obj}_lel/config"] = {
-            **common,
-            "name": f"{name} gas concentration",
+            **in_zone,
+            "name": words["lel"].format(label),
+            "icon": "mdi:gauge",
             "unique_id": f"{node}_{obj}_lel",
             "unit_of_measurement": "%LEL",
             "state_class": "measurement",
@@ -178,7 +261,7 @@ def discovery_configs(
             "json_attributes_template": attrs,
         }
     valve_attrs = {
-        "state": "x.state",
+        "condition": "x.state",
         "commanded": "x.commanded",
         "feedback": "x.feedback",
         "failed": "x.failed",
@@ -189,11 +272,13 @@ def discovery_configs(
         if not isinstance(v, dict) or "name" not in v:
             continue
         name = str(v["name"])
+        label = str(v.get("label") or name)
         obj = object_id(name)
         attrs = _attributes("valves", name, valve_attrs)
         configs[f"{prefix}/valve/{node}/{obj}/config"] = {
             **common,
-            "name": f"{name} gas shutoff valve",
+            "name": words["valve"].format(label),
+            "icon": "mdi:pipe-valve",
             "unique_id": f"{node}_{obj}_valve",
             "device_class": "gas",
             "value_template": (
@@ -207,7 +292,7 @@ def discovery_configs(
         }
         configs[f"{prefix}/binary_sensor/{node}/{obj}_valve_problem/config"] = {
             **common,
-            "name": f"{name} valve fault",
+            "name": words["valve_problem"].format(label),
             "unique_id": f"{node}_{obj}_valve_problem",
             "device_class": "problem",
             "value_template": _when("valves", name, "x.failed is sameas true"),

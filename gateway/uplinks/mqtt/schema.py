@@ -81,12 +81,12 @@ STATUS_SCHEMA: dict[str, Any] = {
         "fault": {"type": "boolean"},
         "detectors": {
             "type": "object",
-            "description": "by name: {state, lel (null when not known), over_range, zone, latched, "
-            "fault}",
+            "description": "by name: {label (display name, any language), state, lel (null when "
+            "not known), over_range, zone, latched, fault}",
         },
         "valves": {
             "type": "object",
-            "description": "by name: {state (open, closed, opening, closing, stuck-open, "
+            "description": "by name: {label, state (open, closed, opening, closing, stuck-open, "
             "stuck-closed), commanded, feedback, failed, reason}",
         },
         "alarms": {"type": "array", "items": {"type": "string"}},
@@ -203,6 +203,13 @@ def event_texts(kind: str, source: str, details: dict[str, Any]) -> tuple[str, s
         return "配置已生效", "Configuration applied"
     if kind == "config.rejected":
         return "配置被拒绝，原配置继续有效", "Configuration rejected, the running one stays"
+    if kind == "uplink.outbox_filling":
+        return (
+            "上传队列积压：报警未被接收方确认",
+            "Outbox filling: events not acknowledged by their receivers",
+        )
+    if kind == "uplink.outbox_ok":
+        return "上传队列恢复正常", "Outbox back to normal"
     return f"事件 {kind}：{source}", f"Event {kind}: {source}"
 
 
@@ -243,6 +250,7 @@ def status_message(site_id: str, status: dict[str, Any], utc: float) -> dict[str
     for d in status.get("detectors", []):
         if isinstance(d, dict) and "name" in d:
             detectors[str(d["name"])] = {
+                "label": str(d.get("label") or d["name"]),
                 "state": d.get("state"),
                 "lel": d.get("lel"),
                 "over_range": d.get("over_range") is True,
@@ -254,6 +262,7 @@ def status_message(site_id: str, status: dict[str, Any], utc: float) -> dict[str
     for v in status.get("valves", []):
         if isinstance(v, dict) and "name" in v:
             valves[str(v["name"])] = {
+                "label": str(v.get("label") or v["name"]),
                 "state": valve_state(v),
                 "commanded": v.get("commanded"),
                 "feedback": v.get("feedback"),
