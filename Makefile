@@ -4,7 +4,34 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench lint typecheck firmware unit hil clean
+.PHONY: demo test bench lint typecheck firmware unit hil clean deps system-deps
+
+# What the tests need from Debian / Raspberry Pi OS, as "command:package". `make deps` installs
+# the missing ones with apt-get when it runs as root (or with passwordless sudo); otherwise it
+# stops at once with the one command to run.
+SYSTEM_DEPS := mosquitto:mosquitto openssl:openssl systemd-analyze:systemd node:nodejs \
+	npm:npm setpriv:util-linux mount:mount python3:python3
+
+system-deps:
+	@missing=""; for dep in $(SYSTEM_DEPS); do \
+	  command -v "$${dep%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/$${dep%%:*}" ] || \
+	    missing="$$missing $${dep#*:}"; \
+	done; \
+	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; \
+	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo"; \
+	  else echo "gasguard: missing packages:$$missing; run: sudo apt-get install -y --no-install-recommends$$missing" >&2; exit 1; fi; \
+	  command -v apt-get >/dev/null 2>&1 || { echo "gasguard: no apt-get here; install:$$missing" >&2; exit 1; }; \
+	  echo "== installing$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+# Everything the tests, the HIL suite and the benchmarks need: the system packages above, the
+# venv, and a Home Assistant of its own for the end-to-end test (tests/home_assistant.py).
+deps: system-deps $(STAMP)
+	$(PY) -m tests.home_assistant --install
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,24 +48,24 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-unit: $(STAMP)
+unit: deps
 	GPIOZERO_PIN_FACTORY=mock $(PY) -m pytest -q
 
 # The HIL fixture firmware: generated profiles current, pyright against the MicroPython rp2
 # stubs, mpy-cross, and its self-test under the real MicroPython VM (WebAssembly, Node).
-firmware: $(STAMP)
+firmware: deps
 	PY=$(abspath $(PY)) bash firmware/tools/check.sh
 
-test: lint typecheck firmware unit
+test: deps lint typecheck firmware unit
 
 # The hardware-in-the-loop suite (the sim rig also runs in `make test`). On a real rig:
 #   make hil HIL_ARGS="--rig hw --fixture-port /dev/ttyACM0 --bus-port /dev/ttyAMA0"
-hil: $(STAMP)
+hil: deps
 	rm -f build/hil/report.txt
 	$(PY) -m pytest hil_tests -q --junitxml=build/hil/junit.xml --hil-report=build/hil/report.txt $(HIL_ARGS)
 	@if [ -f build/hil/report.txt ]; then cat build/hil/report.txt; fi
 
-bench: $(STAMP)
+bench: deps
 	GPIOZERO_PIN_FACTORY=mock $(PY) -m bench
 
 clean:

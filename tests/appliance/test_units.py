@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from gateway.appliance.heartbeat import MIN_INTERVAL_S
 from gateway.config import load_config
 from gateway.profiles import default_profiles_dir
 from gateway.safety.main import build_parser as build_safety_parser
+from tests.commands import require_command
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 SYSTEMD = CONFIG / "systemd"
@@ -30,11 +30,6 @@ JOURNALD_DROPIN = SYSTEMD / "journald.conf.d" / "gasguard.conf"
 UDEV_RULE = CONFIG / "udev" / "99-gasguard-serial.rules"
 APP = "/opt/gasguard/current"
 
-SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
-needs_systemd = pytest.mark.skipif(
-    SYSTEMD_ANALYZE is None,
-    reason="systemd-analyze not installed (Debian package 'systemd'; CI installs it)",
-)
 
 
 def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
@@ -80,9 +75,9 @@ def render(unit: Path, into: Path) -> Path:
 
 def verify(*units: Path) -> list[str]:
     """systemd-analyze verify's complaints about ``units`` (empty when clean)."""
-    assert SYSTEMD_ANALYZE is not None
+    systemd_analyze = require_command("systemd-analyze", "systemd")
     done = subprocess.run(
-        [SYSTEMD_ANALYZE, "verify", "--man=no", *map(str, units)],
+        [systemd_analyze, "verify", "--man=no", *map(str, units)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -102,7 +97,6 @@ def verify(*units: Path) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-@needs_systemd
 def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     service = render(SERVICE, tmp_path)
     uplinks = render(UPLINKS, tmp_path)
@@ -115,7 +109,6 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     assert verify(instance) == []
 
 
-@needs_systemd
 def test_verify_does_catch_a_broken_unit(tmp_path: Path) -> None:
     """Guards the test above: a typo and a missing command must be reported."""
     service = render(SERVICE, tmp_path)

@@ -10,15 +10,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tests.commands import require_command
 
 WASM = Path(__file__).resolve().parents[2] / "firmware" / "wasm"
-NODE = shutil.which("node")
 
 
-@pytest.mark.skipif(NODE is None, reason="node is not installed: the MicroPython VM runs on it")
 def test_firmware_selftest_under_the_micropython_vm() -> None:
-    assert NODE is not None
+    node = require_command("node", "nodejs")  # the MicroPython VM (WebAssembly) runs on it
     if not (WASM / "node_modules" / "@micropython").is_dir():
         npm = shutil.which("npm")
         assert npm is not None, "npm is missing: cannot install the MicroPython VM"
@@ -28,7 +26,7 @@ def test_firmware_selftest_under_the_micropython_vm() -> None:
             check=True,
             timeout=300,
         )
-    run = subprocess.run([NODE, "run.mjs"], cwd=WASM, capture_output=True, text=True, timeout=120)
+    run = subprocess.run([node, "run.mjs"], cwd=WASM, capture_output=True, text=True, timeout=120)
     out = run.stdout.splitlines()
     assert run.returncode == 0, run.stdout + run.stderr
     assert "implementation micropython" in out, "did not run under MicroPython"
