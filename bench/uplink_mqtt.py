@@ -19,6 +19,7 @@ event on the ack topic.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -104,78 +106,21 @@ def _context(
     return UplinkContext(SITE, "bench", "", status, lambda event: inbox.put((time.time(), event)))
 
 
-def measure_status_latency(workdir: Path, port: int, alarms: int) -> list[float]:
-    """Seconds from each alarm entering the recorder's queue (the controller's status saying
-    so from then on) to a status carrying it received from the broker by a subscriber."""
+@contextlib.contextmanager
+def _pipeline(
+    workdir: Path, port: int, status: Any = lambda: {}
+) -> Iterator[tuple[queue.SimpleQueue[RecorderItem], MqttChannel]]:
+    """The gateway's path from the recorder's queue to the broker, as in the split: recorder
+    (event log, fsync), the uplinks' follower (woken by inotify), outbox, MQTT channel; and the
+    reference centre acknowledging. Yields the recorder's queue and the connected channel."""
     inbox: queue.SimpleQueue[RecorderItem] = queue.SimpleQueue()
     outbox = Outbox(outbox_db(workdir), SITE, ["mqtt"])
     recorder = Recorder(workdir / "events.db", 10_000, inbox)
     follower = EventFollower(workdir / "events.db", outbox)
     recorder.start()
     follower.start()
-    alarm = [""]  # the controller's current alarm text
     centre = ReceivingCentre("127.0.0.1", port, SITE)
-    channel = MqttChannel(_config(port), outbox, _context(inbox, lambda: {"alarms": [alarm[0]]}))
-    seen: queue.SimpleQueue[tuple[str, float]] = queue.SimpleQueue()
-    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-
-    def _status(client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        with_alarms = json.loads(message.payload).get("alarms") or [""]
-        seen.put((str(with_alarms[0]), time.perf_counter()))
-
-    watcher.on_message = _status
-    watcher.connect("127.0.0.1", port)
-    watcher.subscribe(channel.topics.status, qos=1)
-    watcher.loop_start()
-    centre.start()
-    channel.start()
-    try:
-        if not centre.connected.wait(10):
-            raise RuntimeError("the receiving centre did not connect")
-        deadline = time.monotonic() + 10
-        while not channel.state.connected:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the channel did not connect: {channel.state.last_error}")
-            time.sleep(0.01)
-        samples = []
-        for n in range(alarms + 5):
-            text = f"wok-1: high alarm #{n}"
-            t0 = time.perf_counter()
-            alarm[0] = text
-            inbox.put((time.time(), Event("alarm.raised", "wok-1", time.monotonic(), {"n": n})))
-            wait_until = time.monotonic() + 10
-            while True:
-                got, t1 = seen.get(timeout=max(0.0, wait_until - time.monotonic()))
-                if got == text:
-                    break
-            if n >= 5:
-                samples.append(t1 - t0)
-            time.sleep(0.02)
-        return samples
-    finally:
-        watcher.loop_stop()
-        watcher.disconnect()
-        channel.stop()
-        centre.stop()
-        follower.stopping.set()
-        follower.join(5)
-        recorder.stop()
-        outbox.close()
-
-
-def measure_latency(workdir: Path, port: int, alarms: int) -> list[float]:
-    """Seconds from each alarm entering the recorder's queue to its ack stored at the gateway."""
-    inbox: queue.SimpleQueue[RecorderItem] = queue.SimpleQueue()
-    outbox = Outbox(outbox_db(workdir), SITE, ["mqtt"])
-    recorder = Recorder(workdir / "events.db", 10_000, inbox)
-    # As in the split: the uplinks' follower reads the event log (woken by inotify).
-    follower = EventFollower(workdir / "events.db", outbox)
-    recorder.start()
-    follower.start()
-    centre = ReceivingCentre("127.0.0.1", port, SITE)
-    channel = MqttChannel(_config(port), outbox, _context(inbox))
-    delivered: queue.SimpleQueue[tuple[int, float]] = queue.SimpleQueue()
-    channel.on_delivered(lambda seq: delivered.put((seq, time.perf_counter())))
+    channel = MqttChannel(_config(port), outbox, _context(inbox, status))
     centre.start()
     channel.start()
     try:
@@ -187,15 +132,7 @@ def measure_latency(workdir: Path, port: int, alarms: int) -> list[float]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the channel did not connect: {channel.state.last_error}")
             time.sleep(0.01)
-        samples = []
-        for n in range(alarms + 5):
-            t0 = time.perf_counter()
-            inbox.put((time.time(), Event("alarm.raised", "wok-1", time.monotonic(), {"n": n})))
-            _seq, t1 = delivered.get(timeout=10)
-            if n >= 5:
-                samples.append(t1 - t0)
-            time.sleep(0.005)
-        return samples
+        yield inbox, channel
     finally:
         channel.stop()
         centre.stop()
@@ -203,6 +140,63 @@ def measure_latency(workdir: Path, port: int, alarms: int) -> list[float]:
         follower.join(5)
         recorder.stop()
         outbox.close()
+
+
+def _alarm(n: int) -> tuple[float, Event]:
+    return time.time(), Event("alarm.raised", "wok-1", time.monotonic(), {"n": n})
+
+
+def measure_status_latency(workdir: Path, port: int, alarms: int) -> list[float]:
+    """Seconds from each alarm entering the recorder's queue (the controller's status saying
+    so from then on) to a status carrying it received from the broker by a subscriber."""
+    alarm = [""]  # the controller's current alarm text
+    seen: queue.SimpleQueue[tuple[str, float]] = queue.SimpleQueue()
+
+    def _status(client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        with_alarms = json.loads(message.payload).get("alarms") or [""]
+        seen.put((str(with_alarms[0]), time.perf_counter()))
+
+    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    watcher.on_message = _status
+    watcher.connect("127.0.0.1", port)
+    watcher.loop_start()
+    try:
+        with _pipeline(workdir, port, lambda: {"alarms": [alarm[0]]}) as (inbox, channel):
+            watcher.subscribe(channel.topics.status, qos=1)
+            samples = []
+            for n in range(alarms + 5):
+                text = f"wok-1: high alarm #{n}"
+                t0 = time.perf_counter()
+                alarm[0] = text
+                inbox.put(_alarm(n))
+                wait_until = time.monotonic() + 10
+                while True:
+                    got, t1 = seen.get(timeout=max(0.0, wait_until - time.monotonic()))
+                    if got == text:
+                        break
+                if n >= 5:
+                    samples.append(t1 - t0)
+                time.sleep(0.02)
+            return samples
+    finally:
+        watcher.loop_stop()
+        watcher.disconnect()
+
+
+def measure_latency(workdir: Path, port: int, alarms: int) -> list[float]:
+    """Seconds from each alarm entering the recorder's queue to its ack stored at the gateway."""
+    with _pipeline(workdir, port) as (inbox, channel):
+        delivered: queue.SimpleQueue[tuple[int, float]] = queue.SimpleQueue()
+        channel.on_delivered(lambda seq: delivered.put((seq, time.perf_counter())))
+        samples = []
+        for n in range(alarms + 5):
+            t0 = time.perf_counter()
+            inbox.put(_alarm(n))
+            _seq, t1 = delivered.get(timeout=10)
+            if n >= 5:
+                samples.append(t1 - t0)
+            time.sleep(0.005)
+        return samples
 
 
 def measure_replay(workdir: Path, port: int, events: int) -> float:

@@ -47,7 +47,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,13 +115,7 @@ class OutboxFill:
     warning: str | None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "rows": self.rows,
-            "max_rows": self.max_rows,
-            "file_bytes": self.file_bytes,
-            "card_free_bytes": self.card_free_bytes,
-            "warning": self.warning,
-        }
+        return asdict(self)
 
 
 class OutboxError(Exception):
