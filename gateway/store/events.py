@@ -435,8 +435,12 @@ class EventStore(EventReader):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 seqs: list[int] = []
+                # Under the write lock: another writer (a migration, a tool) may have added rows
+                # since the cache was filled. One index lookup, no page written.
+                newest = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+                last = max(self._last_seq, newest)
                 for row in rows:
-                    seq = self._last_seq + 1 + len(seqs)
+                    seq = last + 1 + len(seqs)
                     conn.execute(
                         "INSERT INTO events (seq, utc, kind, source, details) "
                         "VALUES (?, ?, ?, ?, ?)",

@@ -94,6 +94,20 @@ def test_seq_strictly_increases_across_reopen_and_rotation(tmp_path: Path) -> No
         assert store.append(*ev(9999)) > seen[-1]
 
 
+def test_two_writers_on_one_log_never_hand_out_the_same_number(tmp_path: Path) -> None:
+    # The recorder is the only writer on a site, but a migration or a tool may append too: the
+    # number is taken under the write lock, never from a stale cache (this failed with a
+    # UNIQUE constraint error when the flood benchmark wrote beside the recorder).
+    path = tmp_path / "e.db"
+    seqs: list[int] = []
+    with EventStore(path, capacity=999) as a, EventStore(path, capacity=999) as b:
+        for i in range(20):
+            seqs += (a if i % 2 else b).append_many([ev(i), ev(i + 100)])
+    assert len(set(seqs)) == 40
+    with EventStore(path, capacity=999) as store:
+        assert [e.seq for e in store.since(0)] == sorted(seqs)
+
+
 def test_rotation_keeps_capacity_newest_and_deletes_in_batches(tmp_path: Path) -> None:
     capacity = 999
     counts: list[int] = []
