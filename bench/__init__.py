@@ -13,6 +13,9 @@ The figures and the file that produces them:
 * ``bench.reaction``: confirming reply on the wire -> valve output pin changed;
 * ``bench.resources``: the running controller's RSS and CPU with 8 detectors;
 * ``bench.cold_start``: spawn -> first completed poll.
+
+A figure that summarises a distribution keeps its samples (``Figure.samples``, in the figure's
+unit): ``bench.plots`` draws them after a full run.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TextIO
 
 # name: value unit (the unit is one word without spaces: ms, x, MB, %, trials, polls/s)
@@ -30,13 +33,17 @@ NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 @dataclass(frozen=True, slots=True)
 class Figure:
-    """One measured figure: printed as ``# meaning`` then ``name: value unit``."""
+    """One measured figure: printed as ``# meaning`` then ``name: value unit``.
+
+    ``samples`` are the measurements the figure summarises (a median's, a p99's), in ``unit``,
+    for the plots; they are not printed."""
 
     name: str
     value: float
     unit: str
     meaning: str
     decimals: int = 2
+    samples: tuple[float, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.name):
@@ -49,6 +56,8 @@ class Figure:
             raise ValueError(f"figure {self.name}: meaning must be one line, got {self.meaning!r}")
         if not math.isfinite(self.value):
             raise ValueError(f"figure {self.name}: value {self.value!r} is not a finite number")
+        if not all(math.isfinite(v) for v in self.samples):
+            raise ValueError(f"figure {self.name}: a sample is not a finite number")
 
     def lines(self) -> str:
         return f"# {self.meaning}\n{self.name}: {self.value:.{self.decimals}f} {self.unit}\n"

@@ -1,9 +1,12 @@
-"""``python -m bench [NAME ...] [--quick]``: run the benchmarks (all of them by default).
+"""``python -m bench [NAME ...] [--quick] [--plots DIR]``: run the benchmarks (all of them by
+default).
 
-NAME is one of ``poll``, ``reaction``, ``resources``, ``cold_start``. ``--quick`` runs each
-with tiny sizes: it checks the machinery (the smoke test uses it), its figures mean nothing.
-Figures go to stdout as ``name: value unit`` lines; a benchmark that fails is reported on
-stderr, the others still run, and the exit status is 1.
+NAME is one of ``BENCHMARKS``. ``--quick`` runs each with tiny sizes: it checks the machinery
+(the smoke test uses it), its figures mean nothing. Figures go to stdout as ``name: value unit``
+lines; a benchmark that fails is reported on stderr, the others still run, and the exit status
+is 1. Then the plots (``bench.plots``) are drawn from the samples: into ``docs/img/`` after a
+full run, where docs/performance.md shows them; after ``--quick`` only into a ``--plots DIR``
+given, so that meaningless figures never replace the committed ones.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TextIO, cast
 
 from bench import Figure, note
+from bench.plots import DEFAULT_DIR, write_plots
 
 Runner = Callable[..., list[Figure]]
 
@@ -73,23 +78,38 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="tiny sizes: checks the machinery only, the figures mean nothing",
     )
+    p.add_argument(
+        "--plots",
+        type=Path,
+        metavar="DIR",
+        help=f"where the plots go (default: {DEFAULT_DIR} after a full run, none after --quick)",
+    )
     return p
 
 
-def run_benchmarks(names: Sequence[str], quick: bool, out: TextIO, err: TextIO) -> int:
-    """Run ``names`` in order; 0 if every one finished, 1 otherwise."""
+def run_benchmarks(
+    names: Sequence[str],
+    quick: bool,
+    out: TextIO,
+    err: TextIO,
+    figures: list[Figure] | None = None,
+) -> int:
+    """Run ``names`` in order, adding their figures to ``figures``; 0 if every one finished,
+    1 otherwise."""
     failed = []
     for name in names:
         started = time.monotonic()
         kwargs = QUICK.get(name, {}) if quick else {}
         try:
-            BENCHMARKS[name]()(out, **kwargs)
+            got = BENCHMARKS[name]()(out, **kwargs)
         except Exception as e:
             failed.append(name)
             err.write(f"bench {name} failed: {type(e).__name__}: {e}\n")
             traceback.print_exc(file=err)
             err.flush()
         else:
+            if figures is not None:
+                figures.extend(got)
             note(out, f"{name} took {time.monotonic() - started:.1f} s")
     return 1 if failed else 0
 
@@ -105,7 +125,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     names = args.names or list(BENCHMARKS)
-    return run_benchmarks(names, args.quick, sys.stdout, sys.stderr)
+    figures: list[Figure] = []
+    status = run_benchmarks(names, args.quick, sys.stdout, sys.stderr, figures)
+    plots = args.plots or (None if args.quick else DEFAULT_DIR)
+    if plots is not None:
+        for path in write_plots(figures, plots):
+            note(sys.stdout, f"plot written: {path}")
+    return status
 
 
 if __name__ == "__main__":

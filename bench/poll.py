@@ -240,7 +240,13 @@ def run(
                     f"{t} {s.profile} ({block} registers): physical floor of one cycle of "
                     f"{detectors} (frames + 2 t3.5 + turnaround each)",
                 ),
-                Figure(f"poll_cycle_{t}", cycle * 1000, "ms", f"{t}: DetectorBus cycle, median"),
+                Figure(
+                    f"poll_cycle_{t}",
+                    cycle * 1000,
+                    "ms",
+                    f"{t}: DetectorBus cycle, median",
+                    samples=_ms(cyc),
+                ),
                 Figure(
                     f"poll_cycle_ratio_{t}",
                     cycle / floor,
@@ -253,6 +259,7 @@ def run(
                     base_cycle * 1000,
                     "ms",
                     f"{t}: baseline, bare minimalmodbus loop over the same emulator, median",
+                    samples=_ms(base),
                 ),
                 Figure(
                     f"poll_baseline_ratio_{t}",
@@ -303,3 +310,7 @@ def run(
             ):
                 figures.append(emit(out, fig))
     return figures
+
+
+def _ms(seconds: Sequence[float]) -> tuple[float, ...]:
+    return tuple(x * 1000 for x in seconds)

@@ -322,7 +322,14 @@ def _flood_figures(
         for name, state in sorted(channels.items())
     )
     return [
-        Figure(f"reaction_idle_p99_{tag}", p99_idle * 1000, "ms", f"no uplinks, {how}, p99", 3),
+        Figure(
+            f"reaction_idle_p99_{tag}",
+            p99_idle * 1000,
+            "ms",
+            f"no uplinks, {how}, p99",
+            3,
+            samples=tuple(x * 1000 for x in idle),
+        ),
         Figure(
             f"reaction_flooded_p99_{tag}",
             p99_flooded * 1000,
@@ -330,6 +337,7 @@ def _flood_figures(
             f"uplinks process flooded with {flood_per_s} events/s ({origin}), {how}, p99 "
             f"(uplinks at the end: {forwarded or 'no report'})",
             3,
+            samples=tuple(x * 1000 for x in flooded),
         ),
         Figure(f"reaction_flooded_median_{tag}", median(flooded) * 1000, "ms", "same, median", 3),
         Figure(

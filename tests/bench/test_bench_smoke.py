@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+from pathlib import Path
 
 import pytest
 
 from bench import Figure, median, parse_figures, percentile
 from bench.__main__ import BENCHMARKS, QUICK, main, run_benchmarks
+from bench.plots import DEFAULT_DIR, POLL_PNG, REACTION_PNG, write_plots
 from bench.poll import SETTINGS, poll_floor_s
 from gateway.profiles import Profile
 
 Figures = dict[str, tuple[float, str]]
 
 
-def run_quick(name: str, capsys: pytest.CaptureFixture[str]) -> Figures:
-    status = main([name, "--quick"])
+def run_quick(
+    name: str, capsys: pytest.CaptureFixture[str], plots: Path | None = None
+) -> Figures:
+    status = main([name, "--quick", *(["--plots", str(plots)] if plots else [])])
     captured = capsys.readouterr()
     assert status == 0, captured.err
     lines = captured.out.splitlines()
@@ -36,6 +41,19 @@ def value(figures: Figures, name: str, unit: str) -> float:
     got, got_unit = figures[name]
     assert got_unit == unit, f"{name} is in {got_unit!r}, expected {unit!r}"
     return got
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height of a PNG file, from its IHDR chunk (which must come first)."""
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    assert head[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", head[16:24])
+    return width, height
+
+
+def committed_plots() -> dict[str, float]:
+    return {p.name: p.stat().st_mtime for p in DEFAULT_DIR.glob("bench-*.png")}
 
 
 # -- output format ----------------------------------------------------------------------------
@@ -101,9 +119,11 @@ def test_poll_floor_matches_the_domain_notes(profiles: dict[str, Profile]) -> No
 
 
 def test_poll_benchmark_runs_and_no_master_beats_the_wire(
-    capsys: pytest.CaptureFixture[str], profiles: dict[str, Profile]
+    capsys: pytest.CaptureFixture[str], profiles: dict[str, Profile], tmp_path: Path
 ) -> None:
-    figures = run_quick("poll", capsys)
+    figures = run_quick("poll", capsys, plots=tmp_path)
+    # It kept every cycle it measured, and drew them.
+    assert png_size(tmp_path / POLL_PNG) >= (400, 300)
     detectors = QUICK["poll"]["detectors"]
     for s in SETTINGS:
         t = s.tag
@@ -151,9 +171,10 @@ def test_reaction_benchmark_runs_and_the_valve_waits_for_the_confirming_reading(
 
 
 def test_flooded_reaction_benchmark_runs_with_both_uplinks(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    figures = run_quick("reaction_flooded", capsys)
+    figures = run_quick("reaction_flooded", capsys, plots=tmp_path)
+    assert png_size(tmp_path / REACTION_PNG) >= (400, 300)
     # Without real-time priority always; with it too where SCHED_FIFO is permitted (root, CI).
     tags = ["nort"] + (["rt"] if os.geteuid() == 0 else [])
     for tag in tags:
@@ -212,6 +233,38 @@ def test_cold_start_benchmark_runs_and_its_two_clocks_agree(
     value(figures, "cold_start_ready_max", "s")
     assert value(figures, "cold_start_import_baseline", "s") > 0
     value(figures, "cold_start_vs_import", "x")
+
+
+# -- the plots ------------------------------------------------------------------------------
+
+
+def test_plots_need_samples_and_draw_only_what_was_measured(tmp_path: Path) -> None:
+    no_samples = [
+        Figure("reaction_idle_p99_rt", 0.5, "ms", "idle"),
+        Figure("reaction_flooded_p99_rt", 0.6, "ms", "flooded"),
+    ]
+    assert write_plots(no_samples, tmp_path) == []
+    reaction = [
+        Figure("reaction_idle_p99_rt", 0.5, "ms", "idle", samples=(0.2, 0.3, 0.5)),
+        Figure("reaction_flooded_p99_rt", 0.6, "ms", "flooded", samples=(0.2, 0.4, 0.6)),
+    ]
+    assert write_plots(reaction, tmp_path) == [tmp_path / REACTION_PNG]
+    assert not (tmp_path / POLL_PNG).exists()
+    png_size(tmp_path / REACTION_PNG)
+
+
+def test_a_sample_that_is_not_a_number_is_refused() -> None:
+    with pytest.raises(ValueError, match="reaction_p99: a sample is not a finite number"):
+        Figure("reaction_p99", 1.0, "ms", "m", samples=(1.0, float("nan")))
+
+
+def test_a_quick_run_leaves_the_committed_plots_alone(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    before = committed_plots()
+    assert set(before) == {POLL_PNG, REACTION_PNG}, "docs/img lacks the plots of a full run"
+    run_quick("poll", capsys)
+    assert committed_plots() == before
 
 
 # -- the command ----------------------------------------------------------------------------
