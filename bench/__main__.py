@@ -46,6 +46,7 @@ BENCHMARKS: dict[str, Callable[[], Runner]] = {
     "storage_writes": _runner("bench.storage_writes"),
     "uplink_mqtt": _runner("bench.uplink_mqtt"),
     "uplink_gb": _runner("bench.uplink_gb"),
+    "leak_to_valve": _runner("bench.leak_to_valve"),
 }
 
 # Full sizes are each run()'s defaults (about 7 minutes in all on 2 cores).
@@ -59,6 +60,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "storage_writes": {"warmup_s": 0.5, "window_s": 2.0, "event_window_s": 3.0},
     "uplink_mqtt": {"alarms": 5, "replay": 50},
     "uplink_gb": {"samples": 5, "warmup": 1},
+    "leak_to_valve": {"trials": 8},
 }
 
 

@@ -8,7 +8,9 @@ where it fits before the next deadline; when one silent detector's attempt
 (``gateway.rtu.silent_attempt_time``) no longer fits beside the healthy cycle, that detector is
 tried only now and then, and each try costs the healthy ones part of a cycle: the installer is
 warned, with the bus named. A healthy cycle longer than the period is warned about too: then no
-detector is read as often as configured.
+detector is read as often as configured. An alarming detector's confirming polls at once
+(``timings.confirm_at_once``) lengthen the cycle while it alarms: that is counted and warned
+about as well.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ class BusLoad:
     silent_attempt_s: float  # one request to a detector that does not answer
     timeout_s: float
     retries: int
+    confirm_s: float = 0.0  # the confirming polls at once of one alarming detector
+
+    @property
+    def alarm_cycle_s(self) -> float:
+        """The cycle while one detector alarms: its confirming polls come at once."""
+        return self.cycle_s + self.confirm_s
 
     @property
     def load(self) -> float:
@@ -50,6 +58,12 @@ class BusLoad:
             f"the {self.period_s * 1000:.0f} ms period ({self.load:.0%} busy); one silent "
             f"detector costs {self.silent_attempt_s * 1000:.0f} ms per attempt, "
             f"{1 + self.retries} attempts before it is backed off"
+            + (
+                f"; an alarming detector adds {self.confirm_s * 1000:.0f} ms of confirming "
+                "polls at once"
+                if self.confirm_s
+                else ""
+            )
         )
 
     def warnings(self) -> list[str]:
@@ -74,6 +88,14 @@ class BusLoad:
                 f"poll_period_s to at least {self.cycle_s + self.silent_attempt_s:.2f} s, "
                 f"raise the baud rate or split the bus."
             )
+        if self.cycle_s <= self.period_s < self.alarm_cycle_s:
+            out.append(
+                f"bus {self.bus}: with one detector alarming, its confirming polls make the "
+                f"cycle {self.alarm_cycle_s * 1000:.0f} ms, longer than timings.poll_period_s "
+                f"{self.period_s:g} s: the other detectors are read late while it alarms. "
+                f"Raise poll_period_s to at least {self.alarm_cycle_s * 1.1:.2f} s or the baud "
+                f"rate ({self.baud} now)."
+            )
         return out
 
 
@@ -84,9 +106,11 @@ def bus_loads(cfg: Config) -> list[BusLoad]:
     for b in cfg.buses:
         on_bus = [d for d in cfg.detectors if d.bus == b.name]
         gap_s = b.gap_ms / 1000.0
-        cycle = sum(
+        polls = [
             poll_time(d.profile.block[1], b.baud, b.parity, b.stop_bits, gap_s) for d in on_bus
-        )
+        ]
+        cycle = sum(polls)
+        confirm = (cfg.timings.bus_confirm_count - 1) * max(polls, default=0.0)
         loads.append(
             BusLoad(
                 bus=b.name,
@@ -99,6 +123,7 @@ def bus_loads(cfg: Config) -> list[BusLoad]:
                 ),
                 timeout_s=b.timeout_s,
                 retries=b.retries,
+                confirm_s=confirm,
             )
         )
     return loads

@@ -5,6 +5,7 @@ gasguard uplinks --config FILE      run the uplinks process (systemd: gasguard-u
 gasguard check-config FILE          validate a config; every error with key, value, range
 gasguard status [--json]            ask the running controller
 gasguard events [--json]            print the event log (works with the controller stopped)
+gasguard trend DETECTOR [--png F]   a detector's hourly trend as a text chart (and a plot)
 gasguard demo [--once]              the whole controller on a simulated kitchen
 """
 
@@ -143,6 +144,46 @@ def cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trend(args: argparse.Namespace) -> int:
+    import time
+
+    from gateway.store.trendfile import TrendFileError, read_hours, trend_path
+    from gateway.trend import judge, text_chart
+    from gateway.trendplot import PlotUnavailable, write_png
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    det = next((d for d in cfg.detectors if d.name == args.detector), None)
+    if det is None:
+        names = ", ".join(d.name for d in cfg.detectors)
+        print(f"gasguard trend: no detector {args.detector!r} in {cfg.path}; one of {names}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if not 1 <= args.days <= 90:
+        print(f"gasguard trend: --days {args.days}: allowed 1 to 90", file=sys.stderr)
+        return 2
+    path = trend_path(cfg.data_dir, det.name)
+    try:
+        hours = read_hours(path)
+    except TrendFileError as e:
+        print(f"gasguard trend: {e}", file=sys.stderr)
+        return 1
+    now_hour = int(time.time() // 3600)  # the hour in progress: not stored yet, not shown
+    shown = [h for h in hours if h.index >= now_hour - args.days * 24]
+    print(f"{det.name}: {len(shown)} hours stored in the last {args.days} days ({path})")
+    print(text_chart(shown, args.days, now_hour))
+    warning = judge(det.name, hours, det.low_lel, now_hour)
+    print(f"WARNING: {warning.text}" if warning else "no trend warning")
+    if args.png is not None:
+        try:
+            print(f"plot written: {write_png(args.png, det.name, shown, det.low_lel)}")
+        except PlotUnavailable as e:
+            print(f"gasguard trend: {e}", file=sys.stderr)
+            return 1
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.sim.demo import run_demo  # the simulator is only imported when asked for
 
@@ -185,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=100, help="newest N events (default 100)")
     s.add_argument("--json", action="store_true", help="one JSON object per line")
     s.set_defaults(func=cmd_events)
+
+    s = sub.add_parser("trend", help="a detector's hourly gas trend (90 days kept)")
+    s.add_argument("detector", help="the detector's name")
+    s.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    s.add_argument("--days", type=int, default=14, help="days shown, 1 to 90 (default 14)")
+    s.add_argument("--png", type=Path, help="also write a plot to this PNG file")
+    s.set_defaults(func=cmd_trend)
 
     add_appliance_parsers(sub)
     add_receive_parser(sub)

@@ -15,12 +15,23 @@ Safety-relevant rules enforced here:
 
 from __future__ import annotations
 
+import datetime
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from gateway.core.model import DetectorPlan, Gas, SafetyPlan, ValvePlan
+from gateway.core.model import (
+    FAN_RUN_ON_S,
+    FAN_START_CONFIRM_S,
+    POWER_DEBOUNCE_S,
+    DetectorPlan,
+    FanPlan,
+    Gas,
+    PowerPlan,
+    SafetyPlan,
+    ValvePlan,
+)
 from gateway.paths import default_control_socket
 from gateway.profiles import Profile, default_profiles_dir, load_profiles
 from gateway.rtu import read_exchange_time
@@ -69,6 +80,8 @@ class DetectorConfig:
     low_lel: float
     high_lel: float
     label: str = ""  # the display name (any language) shown to people; "" shows ``name``
+    installed: datetime.date | None = None  # service dates (gateway.maintenance)
+    calibrated: datetime.date | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +101,36 @@ class ValveConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FanConfig:
+    """An exhaust fan's relay (active-high output, off at start) and its optional run-feedback
+    contact; ``feedback_running_level`` is the input level that means "running". The input is
+    pulled the other way, so a broken wire reads "not running" (a fault once it should run)."""
+
+    name: str
+    output_pin: int
+    zones: tuple[str, ...]
+    run_on_s: float = FAN_RUN_ON_S
+    feedback_pin: int | None = None
+    feedback_running_level: str = "high"
+    start_confirm_s: float = FAN_START_CONFIRM_S
+    on_comm_fault: bool = False
+    label: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PowerConfig:
+    """The power supply's contacts (a UPS HAT's or a relay's): ``*_level`` is the input level
+    that means "failed" / "low". Each input is pulled towards that level, so a broken wire
+    reads as the fault (for the battery: the valves close)."""
+
+    mains_failed_pin: int | None = None
+    mains_failed_level: str = "low"
+    battery_low_pin: int | None = None
+    battery_low_level: str = "low"
+    debounce_s: float = POWER_DEBOUNCE_S
+
+
+@dataclass(frozen=True, slots=True)
 class AnnunciatorConfig:
     sounder_pin: int
     red_pin: int
@@ -100,9 +143,18 @@ class AnnunciatorConfig:
 
 @dataclass(frozen=True, slots=True)
 class Timings:
+    """``confirm_at_once``: a detector whose reading reaches its low set point (or reports an
+    alarm) is polled again at once for the confirming readings, instead of a cycle later."""
+
     poll_period_s: float
     comm_fault_timeout_s: float
     confirm_count: int
+    confirm_at_once: bool = True
+
+    @property
+    def bus_confirm_count(self) -> int:
+        """The readings a poller takes in a row of an alarming detector (1: one per cycle)."""
+        return self.confirm_count if self.confirm_at_once else 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +173,11 @@ class Config:
     # (``gateway.uplinks.config``); the safety process never reads it, so a mistake there can
     # never stop gas detection.
     uplink_table: dict[str, Any] = field(default_factory=dict)
+    fans: tuple[FanConfig, ...] = ()
+    power: PowerConfig = PowerConfig()
+    # Zones whose valves close on a high alarm, low alarms at two detectors, or a fault, not
+    # on one detector's low alarm (``[[zone]] two_detector_confirmation = true``).
+    two_detector_zones: frozenset[str] = frozenset()
 
     def plan(self) -> SafetyPlan:
         """What the safety core enforces."""
@@ -135,14 +192,53 @@ class Config:
             ),
             comm_fault_timeout_s=self.timings.comm_fault_timeout_s,
             confirm_count=self.timings.confirm_count,
+            fans=tuple(
+                FanPlan(
+                    f.name,
+                    f.zones,
+                    f.run_on_s,
+                    f.on_comm_fault,
+                    f.feedback_pin is not None,
+                    f.start_confirm_s,
+                )
+                for f in self.fans
+            ),
+            power=PowerPlan(
+                self.power.mains_failed_pin is not None,
+                self.power.battery_low_pin is not None,
+                self.power.debounce_s,
+            ),
+            two_detector_zones=self.two_detector_zones,
         )
 
+
+def restart_fields(old: Config, new: Config) -> list[str]:
+    """What differs between two configs that takes effect only at a restart: the pins (valves,
+    fans, power contacts, annunciator), the data directory, the control socket, and the
+    uplinks (a restart of gasguard-uplinks only). The safety process refuses a reload that
+    changes any but the last (``Controller.reload``); the console says what to restart."""
+    pairs = {
+        "valves": (old.valves, new.valves),
+        "fans": (old.fans, new.fans),
+        "power": (old.power, new.power),
+        "annunciator": (old.annunciator, new.annunciator),
+        "storage.data_dir": (old.data_dir, new.data_dir),
+        "control.socket": (old.control_socket, new.control_socket),
+        "uplink": (old.uplink_table, new.uplink_table),
+    }
+    return [name for name, (a, b) in pairs.items() if a != b]
+
+
+UPLINK_FIELD = "uplink"  # the one restart field the safety process does not read
 
 TOP_KEYS = (
     "site",
     "bus",
     "detector",
     "valve",
+    "fan",
+    "zone",
+    "power",
     "annunciator",
     "timings",
     "storage",
@@ -191,13 +287,18 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
     if not isinstance(timings_t, dict):
         c.bad("timings", timings_t, "a table")
         timings_t = {}
-    c.known_keys(timings_t, "timings", ("poll_period_s", "comm_fault_timeout_s", "confirm_count"))
+    c.known_keys(
+        timings_t,
+        "timings",
+        ("poll_period_s", "comm_fault_timeout_s", "confirm_count", "confirm_at_once"),
+    )
     timings = Timings(
         poll_period_s=c.number(timings_t, "timings.poll_period_s", 0.1, 10.0, default=0.5),
         comm_fault_timeout_s=c.number(
             timings_t, "timings.comm_fault_timeout_s", 1.0, 100.0, default=10.0
         ),
         confirm_count=c.integer(timings_t, "timings.confirm_count", 2, 5, default=2),
+        confirm_at_once=c.boolean(timings_t, "timings.confirm_at_once", True),
     )
     if timings.comm_fault_timeout_s < 2 * timings.poll_period_s:
         c.bad(
@@ -266,6 +367,19 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
             if z not in det_zones:
                 c.bad(f"valve[{i}].zones", z, "zones that have at least one detector")
 
+    fan_list = data.get("fan", [])
+    if not isinstance(fan_list, list) or not all(isinstance(f, dict) for f in fan_list):
+        c.bad("fan", fan_list, "an array of [[fan]] tables")
+        fan_list = []
+    fans = tuple(_fan(c, f, i) for i, f in enumerate(fan_list))
+    _unique(c, "fan", [f.name for f in fans])
+    for i, f in enumerate(fans):
+        for z in f.zones:
+            if z not in det_zones:
+                c.bad(f"fan[{i}].zones", z, "zones that have at least one detector")
+    power = _power(c, data.get("power", {}))
+    two_detector_zones = _zones(c, data.get("zone", []), written)
+
     ann_t = c.table(data, "annunciator")
     c.known_keys(
         ann_t,
@@ -302,6 +416,12 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
             (f"valve[{i}].output_pin", v.output_pin),
             (f"valve[{i}].feedback_pin", v.feedback_pin),
         ]
+    for i, f in enumerate(fans):
+        pins += [(f"fan[{i}].output_pin", f.output_pin), (f"fan[{i}].feedback_pin", f.feedback_pin)]
+    pins += [
+        ("power.mains_failed_pin", power.mains_failed_pin),
+        ("power.battery_low_pin", power.battery_low_pin),
+    ]
     used: dict[int, str] = {}
     for pin_key, pin in pins:
         if pin is None or pin < 0:  # absent, or already reported as not a valid pin
@@ -350,6 +470,9 @@ def parse_config(data: dict[str, Any], path: Path) -> Config:
         event_capacity=event_capacity,
         control_socket=control_socket,
         uplink_table=uplink_table,
+        fans=fans,
+        power=power,
+        two_detector_zones=two_detector_zones,
     )
 
 
@@ -430,8 +553,11 @@ def _detector(
     the cross-checks of names, zones and addresses)."""
     k = f"detector[{i}]"
     c.known_keys(
-        d, k, ("name", "label", "zone", "bus", "address", "profile", "gas", "low_lel", "high_lel")
-    )
+        d,
+        k,
+        ("name", "label", "zone", "bus", "address", "profile", "gas", "low_lel", "high_lel",
+         "installed", "calibrated"),
+    )  # fmt: skip
     name = _name(c, d, f"{k}.name")
     zone = _name(c, d, f"{k}.zone")
     bus = c.string(d, f"{k}.bus")
@@ -455,7 +581,16 @@ def _detector(
     if profile is None:
         return None, seen
     label = c.free_text(d, f"{k}.label", LABEL_MAX)
-    return DetectorConfig(name, zone, bus, address, profile, Gas(gas), low, high, label), seen
+    # Tomorrow: a date typed in China late in the evening is already "today" there.
+    latest = datetime.date.today() + datetime.timedelta(days=1)
+    installed = c.date(d, f"{k}.installed", latest)
+    calibrated = c.date(d, f"{k}.calibrated", latest)
+    if installed is not None and calibrated is not None and calibrated < installed:
+        c.bad(f"{k}.calibrated", calibrated, f"a date on or after installed ({installed})")
+    det = DetectorConfig(
+        name, zone, bus, address, profile, Gas(gas), low, high, label, installed, calibrated
+    )
+    return det, seen
 
 
 def _valve(c: Checker, v: dict[str, Any], i: int) -> ValveConfig:
@@ -495,3 +630,92 @@ def _valve(c: Checker, v: dict[str, Any], i: int) -> ValveConfig:
         zones=c.strings(v, f"{k}.zones"),
         label=c.free_text(v, f"{k}.label", LABEL_MAX),
     )
+
+
+def _fan(c: Checker, f: dict[str, Any], i: int) -> FanConfig:
+    k = f"fan[{i}]"
+    c.known_keys(
+        f,
+        k,
+        (
+            "name",
+            "label",
+            "output_pin",
+            "zones",
+            "run_on_s",
+            "feedback_pin",
+            "feedback_running_level",
+            "start_confirm_s",
+            "on_comm_fault",
+        ),
+    )
+    feedback = f.get("feedback_pin")
+    return FanConfig(
+        name=_name(c, f, f"{k}.name"),
+        output_pin=_pin(c, f, f"{k}.output_pin", OUTPUT_PINS),
+        zones=c.strings(f, f"{k}.zones"),
+        run_on_s=c.number(f, f"{k}.run_on_s", 0.0, 3600.0, default=FAN_RUN_ON_S),
+        feedback_pin=None if feedback is None else _pin(c, f, f"{k}.feedback_pin", INPUT_PINS),
+        feedback_running_level=c.choice(
+            f, f"{k}.feedback_running_level", ("high", "low"), default="high"
+        ),
+        start_confirm_s=c.number(
+            f, f"{k}.start_confirm_s", 1.0, 120.0, default=FAN_START_CONFIRM_S
+        ),
+        on_comm_fault=c.boolean(f, f"{k}.on_comm_fault", False),
+        label=c.free_text(f, f"{k}.label", LABEL_MAX),
+    )
+
+
+def _power(c: Checker, t: object) -> PowerConfig:
+    if not isinstance(t, dict):
+        c.bad("power", t, "a table")
+        return PowerConfig()
+    c.known_keys(
+        t,
+        "power",
+        ("mains_failed_pin", "mains_failed_level", "battery_low_pin", "battery_low_level",
+         "debounce_s"),
+    )  # fmt: skip
+
+    def optional_pin(key: str) -> int | None:
+        return None if t.get(key) is None else _pin(c, t, f"power.{key}", INPUT_PINS)
+
+    return PowerConfig(
+        mains_failed_pin=optional_pin("mains_failed_pin"),
+        mains_failed_level=c.choice(t, "power.mains_failed_level", ("high", "low"), default="low"),
+        battery_low_pin=optional_pin("battery_low_pin"),
+        battery_low_level=c.choice(t, "power.battery_low_level", ("high", "low"), default="low"),
+        debounce_s=c.number(t, "power.debounce_s", 0.1, 60.0, default=POWER_DEBOUNCE_S),
+    )
+
+
+def _zones(c: Checker, value: object, written: list[_Written]) -> frozenset[str]:
+    """``[[zone]]`` tables: per zone, ``two_detector_confirmation`` (off by default). It needs
+    at least two detectors in the zone: with one, its low alarm could never close the gas."""
+    if not isinstance(value, list) or not all(isinstance(z, dict) for z in value):
+        c.bad("zone", value, "an array of [[zone]] tables")
+        return frozenset()
+    counts: dict[str, int] = {}
+    for d in written:
+        counts[d.zone] = counts.get(d.zone, 0) + 1
+    two: set[str] = set()
+    for i, z in enumerate(value):
+        k = f"zone[{i}]"
+        c.known_keys(z, k, ("name", "two_detector_confirmation"))
+        name = _name(c, z, f"{k}.name")
+        if name and name not in counts:
+            c.bad(f"{k}.name", name, "a zone that has detectors: " + ", ".join(sorted(counts)))
+            continue
+        if c.boolean(z, f"{k}.two_detector_confirmation", False):
+            if counts.get(name, 0) < 2:
+                c.bad(
+                    f"{k}.two_detector_confirmation",
+                    True,
+                    f"false for zone {name!r}: it has {counts.get(name, 0)} detector(s), and "
+                    "two-detector confirmation needs at least 2 (with one, a low alarm there "
+                    "could never close the gas)",
+                )
+            two.add(name)
+    _unique(c, "zone", [str(z.get("name", "")) for z in value])
+    return frozenset(two)

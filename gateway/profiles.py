@@ -37,7 +37,13 @@ TOP_KEYS = (
     "concentration",
     "status",
     "units",
+    "service_life_years",
+    "calibration_interval_days",
 )
+# Commercial kitchen detectors: a 3-year service life and a yearly calibration unless the
+# maker's profile says otherwise (the defaults; a profile may set its own).
+SERVICE_LIFE_YEARS = 3.0
+CALIBRATION_INTERVAL_DAYS = 365
 CONCENTRATION_KEYS = ("register", "type", "word_order", "scale")
 UNITS_KEYS = ("register", "expect")
 # The keys each status kind reads: any other key would be silently ignored (a fault bit given
@@ -97,6 +103,8 @@ class Profile:
     status: tuple[StatusRule, ...]
     units_register: int | None = None
     units_expect: int | None = None
+    service_life_years: float = SERVICE_LIFE_YEARS
+    calibration_interval_days: int = CALIBRATION_INTERVAL_DAYS
 
     @property
     def block(self) -> tuple[int, int]:
@@ -328,6 +336,12 @@ def parse_profile(data: dict[str, Any], file: str) -> Profile:
         status=tuple(rules),
         units_register=units_register,
         units_expect=units_expect,
+        service_life_years=p.number(
+            data, "service_life_years", 0.5, 20.0, default=SERVICE_LIFE_YEARS
+        ),
+        calibration_interval_days=p.integer(
+            data, "calibration_interval_days", 30, 1825, default=CALIBRATION_INTERVAL_DAYS
+        ),
     )
     if not p.problems:
         # Two fields in one register would decode each other's bits as their own.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import math
 import os
 import stat
@@ -140,6 +142,25 @@ class Checker:
             self.bad(key, value, f"a number from {lo:g} to {hi:g}")
             return lo
         return float(value)
+
+    def date(self, data: dict[str, Any], key: str, latest: datetime.date) -> datetime.date | None:
+        """An optional calendar date: a TOML date (``2026-03-01``) or the same as a string,
+        from 2000-01-01 to ``latest`` (a date in the future is a typo)."""
+        value = data.get(self._leaf(key))
+        if value is None:
+            return None
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):  # reported below as not a date
+                value = datetime.date.fromisoformat(value)
+        allowed = f"a date YYYY-MM-DD from 2000-01-01 to {latest.isoformat()}"
+        if (
+            isinstance(value, datetime.datetime)
+            or not isinstance(value, datetime.date)
+            or not datetime.date(2000, 1, 1) <= value <= latest
+        ):
+            self.bad(key, value, allowed)
+            return None
+        return value
 
     def codes(self, data: dict[str, Any], key: str) -> tuple[int, ...]:
         value = data.get(self._leaf(key), [])

@@ -52,7 +52,7 @@ PINS = configfile.EXAMPLE_PINS
 
 def _wiring() -> tuple[Wire, ...]:
     board = load("fixture.board")
-    valve, sounder, red, yellow, green = board.WATCH_PINS
+    valve, sounder, red, yellow, green, fan = board.WATCH_PINS
     return (
         # The Pi side is the example config's wiring.
         Wire("valve", PINS["valve"], valve, True),
@@ -63,6 +63,10 @@ def _wiring() -> tuple[Wire, ...]:
         Wire("feedback", PINS["feedback"], board.FEEDBACK_PIN, False),
         Wire("reset", PINS["reset"], board.RESET_PIN, False),
         Wire("silence", PINS["silence"], board.SILENCE_PIN, False),
+        Wire("fan", PINS["fan"], fan, True),
+        Wire("fan_feedback", PINS["fan_feedback"], board.FAN_RUN_PIN, False),
+        Wire("mains_failed", PINS["mains_failed"], board.MAINS_PIN, False),
+        Wire("battery_low", PINS["battery_low"], board.BATTERY_PIN, False),
     )
 
 
@@ -91,6 +95,8 @@ class Site:
     close_confirm_s: float = 1.0
     bus_timeout_s: float = 0.1
     extra_config: str = ""
+    fan_start_confirm_s: float = 2.0
+    fan_run_on_s: float = 3.0
 
 
 def config_text(site: Site, bus_port: str) -> str:
@@ -118,6 +124,17 @@ def config_text(site: Site, bus_port: str) -> str:
                     close_confirm_s=site.close_confirm_s,
                 )
             ],
+            fans=[
+                configfile.FanSpec(
+                    "hood",
+                    ("kitchen",),
+                    PI["fan"],
+                    PI["fan_feedback"],
+                    run_on_s=site.fan_run_on_s,
+                    start_confirm_s=site.fan_start_confirm_s,
+                )
+            ],
+            power=configfile.PowerSpec(PI["mains_failed"], PI["battery_low"]),
             poll_period_s=site.poll_period_s,
             comm_fault_timeout_s=site.comm_fault_timeout_s,
             confirm_count=site.confirm_count,
@@ -222,12 +239,17 @@ class Rig(ABC):
 
     def prepare(self, site: Site) -> None:
         """Bring the fixture to a known state for ``site``: its detectors at 0 %LEL, healthy,
-        the valve contact following the drive after 50 ms, no noise, no delay."""
+        the valve contact following the drive after 50 ms, the fan's after 100 ms, the power
+        healthy, no noise, no delay."""
         fx = self.fixture
         fx.command("clear")
         fx.command(f"bus {site.baud} {site.parity} 1")
         fx.command("valve closed-level high")
         fx.command("valve follow 50")
+        fx.command("fan follow 100")
+        fx.command("fan jam 0")
+        fx.command("power mains ok")
+        fx.command("power battery ok")
         for d in site.detectors:
             fx.command(f"add {d.address} {d.profile}")
             fx.command(f"gas {d.address} 0")
@@ -255,6 +277,9 @@ class Rig(ABC):
         fx.command(f"press reset {int((RESET_HOLD_S + 0.3) * 1000)}")
         edge = fx.wait_edge("valve", 1, start, RESET_HOLD_S + 5.0)
         assert edge is not None, f"the reset did not open the valve: {gateway.kinds()[-10:]}"
+        # The valve body has opened (its contact says so) before the kitchen goes on: a leak
+        # closes it within ~50 ms now, faster than the body's travel.
+        assert wait_for(lambda: fx.lines()["feedback"] == 0, 3.0), "the valve never opened"
 
 
 class SimRig(Rig):

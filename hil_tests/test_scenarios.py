@@ -193,3 +193,79 @@ def test_gateway_restart_during_a_latched_alarm_keeps_the_valve_closed(
     # Only the local reset brings the gas back: the gateway was up and holding the latch.
     rig.open_valve(gateway)
     assert [e.level for e in fx.edges("valve", closed.at)] == [0, 1]
+
+
+# -- site inputs and outputs: the hood fan and the power contacts -------------------------------
+
+POWER_DEBOUNCE_S = 2.0  # configfile.PowerSpec's debounce, the rig's config
+
+
+def test_a_leak_starts_the_hood_after_the_valve_and_it_runs_on_after_the_reset(
+    rig: Rig, start_gateway: StartGateway, timings: Timings
+) -> None:
+    site = Site(generic(1))
+    gateway = start_gateway(site)
+    rig.open_valve(gateway)
+    fx = rig.fixture
+    step = fx.command("gas 1 30").at  # a low alarm is enough for the fan
+    valve = fx.wait_edge("valve", 0, step, ALARM_BUDGET_S)
+    fan = fx.wait_edge("fan", 1, step, ALARM_BUDGET_S)
+    assert valve is not None and fan is not None, "the valve or the hood did not react"
+    assert ticks_diff(fan.at, valve.at) >= 0, "valve first: the fan started before it"
+    timings.record("hood", "gas step -> fan relay on", us_to_s(ticks_diff(fan.at, step)), 10.0)
+    assert fx.wait_edge("fan-run", 1, fan.at, 2.0) is not None
+    fx.command("gas 1 0")
+    rig.open_valve(gateway)  # the reset; the hood runs on
+    reset_at = fx.now()
+    assert fx.lines()["fan"] == 1, "the hood stopped at the reset, with no run-on"
+    stopped = fx.wait_edge("fan", 0, reset_at, site.fan_run_on_s + 3.0)
+    assert stopped is not None, "the hood never stopped after its run-on"
+    run_on = us_to_s(ticks_diff(stopped.at, reset_at))
+    timings.record("hood", "reset -> fan off (run-on)", run_on, site.fan_run_on_s + 3.0)
+    assert run_on >= site.fan_run_on_s - 1.0  # the reset was pressed up to ~1 s before
+    assert "fan.failed" not in gateway.kinds()
+
+
+def test_a_jammed_hood_is_a_fault_and_changes_no_valve(
+    rig: Rig, start_gateway: StartGateway, timings: Timings
+) -> None:
+    site = Site(generic(2))
+    gateway = start_gateway(site)
+    rig.open_valve(gateway)
+    fx = rig.fixture
+    fx.command("fan jam 1")
+    step = fx.command("gas 1 30").at
+    fan = fx.wait_edge("fan", 1, step, ALARM_BUDGET_S)
+    assert fan is not None
+    budget = site.fan_start_confirm_s + SCHEDULING_ALLOWANCE_S
+    assert wait_for(lambda: "fan.failed" in gateway.kinds(), budget + 2.0)
+    failed_after = us_to_s(ticks_diff(fx.now(), fan.at))
+    timings.record("jammed hood", "fan relay on -> fan fault", failed_after, budget + 2.0)
+    assert any(f.startswith("hood: fan fault") for f in gateway.status()["faults"])
+    assert fx.wait_edge("yellow", 1, fan.at, 3.0) is not None, "no yellow fault light"
+    assert fx.lines()["fan-run"] == 0
+
+
+def test_a_mains_failure_warns_and_a_low_battery_closes_the_valve(
+    rig: Rig, start_gateway: StartGateway, timings: Timings
+) -> None:
+    gateway = start_gateway(Site(generic(1)))
+    rig.open_valve(gateway)
+    fx = rig.fixture
+    failed_at = fx.command("power mains fail").at
+    assert wait_for(lambda: gateway.status()["power"]["mains"] == "failed", 5.0)
+    assert fx.edges("valve", failed_at) == [], "a mains failure alone closed the gas"
+    low_at = fx.command("power battery fail").at
+    valve = fx.wait_edge("valve", 0, low_at, POWER_DEBOUNCE_S + 3.0)
+    assert valve is not None, "a low battery did not close the valve"
+    took = us_to_s(ticks_diff(valve.at, low_at))
+    timings.record("battery low", "contact -> valve drive off", took, POWER_DEBOUNCE_S + 3.0)
+    assert took >= POWER_DEBOUNCE_S - 0.1, "the battery contact was not debounced"
+    kinds = gateway.kinds()
+    assert kinds.index("power.mains_failed") < kinds.index("power.battery_low")
+    # Power back: the gas stays off until the local reset.
+    fx.command("power battery ok")
+    fx.command("power mains ok")
+    assert wait_for(lambda: "power.battery_ok" in gateway.kinds(), 5.0)
+    assert fx.lines()["valve"] == 0, "the valve reopened by itself"
+    rig.open_valve(gateway)

@@ -135,8 +135,8 @@ def detector_config(
 
 @pytest.fixture
 def start_bus(bus_emulator: Callable[..., BusEmulator]) -> Iterator[Callable[..., DetectorBus]]:
-    """Factory: ``start_bus(bus_cfg, detector_cfgs, period_s, deliver, clock=...)`` gives a
-    started DetectorBus, stopped at teardown (before the emulators)."""
+    """Factory: ``start_bus(bus_cfg, detector_cfgs, period_s, deliver, clock=...,
+    confirm_count=1)`` gives a started DetectorBus, stopped at teardown (before the emulators)."""
     made: list[DetectorBus] = []
 
     def make(
@@ -145,8 +145,9 @@ def start_bus(bus_emulator: Callable[..., BusEmulator]) -> Iterator[Callable[...
         period_s: float,
         deliver: Callable[[Reading | CommFailure], None],
         clock: Callable[[], float] = time.monotonic,
+        confirm_count: int = 1,
     ) -> DetectorBus:
-        poller = DetectorBus(bus, detectors, period_s, deliver, clock)
+        poller = DetectorBus(bus, detectors, period_s, deliver, clock, confirm_count)
         made.append(poller)
         poller.start()
         return poller

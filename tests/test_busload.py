@@ -52,9 +52,12 @@ def test_a_bus_where_a_silent_detectors_timeout_no_longer_fits_is_warned_about(
     (load,) = bus_loads(load_config(site(tmp_path, 16, 0.5)))
     assert 0.8 < load.load < 1.0
     assert not load.silent_fits
-    (text,) = load.warnings()
+    text, alarming = load.warnings()
     assert text.startswith("bus line-a: ")
     assert "does not fit" in text and "timeout_s 0.2" in text
+    # And while one detector alarms, its confirming poll at once makes the cycle longer still.
+    assert "with one detector alarming, its confirming polls make the cycle" in alarming
+    assert load.alarm_cycle_s > load.period_s > load.cycle_s
 
 
 def test_a_bus_slower_than_its_period_is_warned_about(tmp_path: Path) -> None:

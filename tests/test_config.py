@@ -208,7 +208,7 @@ def test_duplicate_detector_name_is_rejected() -> None:
 def test_duplicate_valve_name_is_rejected() -> None:
     data = example()
     second = copy.deepcopy(data["valve"][0])
-    second.update(output_pin=18, feedback_pin=19)
+    second.update(output_pin=18, feedback_pin=26)
     data["valve"].append(second)
     p = only_problem(data)
     assert (p.key, p.value) == ("valve[1].name", "main-inlet")
@@ -571,3 +571,75 @@ def test_a_display_name_that_is_empty_too_long_or_has_control_characters_is_reje
     p = only_problem(data)
     assert (p.key, p.value) == ("detector[0].label", label)
     assert p.allowed == "1-40 characters in any language, no control characters"
+
+
+# -- fans and power contacts -------------------------------------------------------------------
+
+
+def test_a_fan_over_a_zone_without_detectors_is_rejected() -> None:
+    data = example()
+    data["fan"][0]["zones"] = ["pastry"]
+    p = only_problem(data)
+    assert (p.key, p.value) == ("fan[0].zones", "pastry")
+    assert p.allowed == "zones that have at least one detector"
+
+
+def test_a_fan_run_on_beyond_an_hour_is_rejected_naming_the_range() -> None:
+    data = example()
+    data["fan"][0]["run_on_s"] = 7200
+    p = only_problem(data)
+    assert (p.key, p.value) == ("fan[0].run_on_s", 7200)
+    assert "3600" in p.allowed
+
+
+def test_a_power_contact_on_a_used_pin_is_rejected() -> None:
+    data = example()
+    data["power"]["battery_low_pin"] = 13  # the fan's run contact
+    p = only_problem(data)
+    assert (p.key, p.value) == ("power.battery_low_pin", 13)
+    assert "fan[0].feedback_pin" in p.allowed
+
+
+def test_a_power_level_must_be_high_or_low() -> None:
+    data = example()
+    data["power"]["mains_failed_level"] = "off"
+    p = only_problem(data)
+    assert (p.key, p.value) == ("power.mains_failed_level", "off")
+
+
+def test_a_site_without_fans_or_power_contacts_is_valid() -> None:
+    data = example()
+    del data["fan"], data["power"]
+    cfg = parse_config(data, EXAMPLE)
+    assert cfg.fans == () and cfg.plan().fans == ()
+    assert cfg.plan().power.mains is False and cfg.plan().power.battery is False
+
+
+# -- two-detector confirmation ------------------------------------------------------------------
+
+
+def test_two_detector_confirmation_is_per_zone_and_off_by_default() -> None:
+    assert parse_config(example(), EXAMPLE).two_detector_zones == frozenset()
+    data = example()
+    data["zone"] = [{"name": "hot-kitchen", "two_detector_confirmation": True}]
+    cfg = parse_config(data, EXAMPLE)
+    assert cfg.plan().two_detector_zones == frozenset({"hot-kitchen"})
+
+
+def test_two_detector_confirmation_in_a_zone_of_one_detector_is_refused_saying_why() -> None:
+    data = example()
+    for det in data["detector"][1:]:
+        det["zone"] = "pastry"
+    data["valve"][0]["zones"] = ["hot-kitchen", "pastry"]
+    data["fan"][0]["zones"] = ["hot-kitchen"]
+    data["zone"] = [{"name": "hot-kitchen", "two_detector_confirmation": True}]
+    p = only_problem(data)
+    assert p.key == "zone[0].two_detector_confirmation"
+    assert "it has 1 detector(s), and two-detector confirmation needs at least 2" in p.allowed
+
+
+def test_a_zone_table_must_name_a_zone_with_detectors() -> None:
+    data = example()
+    data["zone"] = [{"name": "cellar", "two_detector_confirmation": True}]
+    p = only_problem(data)
+    assert (p.key, p.value) == ("zone[0].name", "cellar")

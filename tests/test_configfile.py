@@ -55,6 +55,8 @@ def test_the_wiring_is_the_example_configs() -> None:
     example = tomllib.loads((ROOT / "config" / "gasguard.example.toml").read_text())
     ann = example["annunciator"]
     valve = example["valve"][0]
+    fan = example["fan"][0]
+    power = example["power"]
     assert {
         "valve": valve["output_pin"],
         "feedback": valve["feedback_pin"],
@@ -64,6 +66,10 @@ def test_the_wiring_is_the_example_configs() -> None:
         "green": ann["green_pin"],
         "silence": ann["silence_pin"],
         "reset": ann["reset_pin"],
+        "fan": fan["output_pin"],
+        "fan_feedback": fan["feedback_pin"],
+        "mains_failed": power["mains_failed_pin"],
+        "battery_low": power["battery_low_pin"],
     } == configfile.EXAMPLE_PINS
 
 

@@ -9,7 +9,9 @@ from pathlib import Path
 from gateway.config import OUTPUT_PINS, Config, load_config
 from gateway.core.model import (
     DetectorPlan,
+    FanPlan,
     Level,
+    PowerPlan,
     Reading,
     ResetRequest,
     SafetyPlan,
@@ -73,12 +75,15 @@ def test_example_pins_are_safe_at_power_on_and_unique() -> None:
     cfg = example()
     ann = cfg.annunciator
     outputs = [ann.sounder_pin, ann.red_pin, ann.yellow_pin, ann.green_pin]
-    outputs += [v.output_pin for v in cfg.valves]
+    outputs += [v.output_pin for v in cfg.valves] + [f.output_pin for f in cfg.fans]
     for pin in outputs:
         assert pin in OUTPUT_PINS and 9 <= pin <= 27 and pin not in (14, 15)
     inputs = [ann.silence_pin, ann.reset_pin] + [
         v.feedback_pin for v in cfg.valves if v.feedback_pin is not None
     ]
+    inputs += [f.feedback_pin for f in cfg.fans if f.feedback_pin is not None]
+    inputs += [p for p in (cfg.power.mains_failed_pin, cfg.power.battery_low_pin) if p]
+    assert len(inputs) == 6  # buttons, valve contact, fan contact, both power contacts
     every = outputs + inputs
     assert len(every) == len(set(every))
     assert ann.reset_hold_s == 2.0
@@ -109,6 +114,8 @@ def test_example_plan_is_what_the_safety_core_enforces() -> None:
         valves=(ValvePlan("main-inlet", ("hot-kitchen",), True, 2.0),),
         comm_fault_timeout_s=10.0,
         confirm_count=2,
+        fans=(FanPlan("hood", ("hot-kitchen",), 300.0, False, True, 10.0),),
+        power=PowerPlan(mains=True, battery=True, debounce_s=2.0),
     )
 
 

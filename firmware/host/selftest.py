@@ -118,6 +118,10 @@ def run():
     reset_button = Recorder()
     machine.attach_pin(board.FEEDBACK_PIN, feedback)
     machine.attach_pin(board.RESET_PIN, reset_button)
+    fan_run = Recorder()
+    mains = Recorder()
+    machine.attach_pin(board.FAN_RUN_PIN, fan_run)
+    machine.attach_pin(board.MAINS_PIN, mains)
     console = MemoryConsole()
     fx = Fixture(Hal(console=console))
 
@@ -228,6 +232,32 @@ def run():
     while reset_button.levels[-1] == 0 and ticks_diff(ticks_us(), deadline) < 100_000:
         fx.step()
     check("release reset", reset_button.levels[-1:] == [1], reset_button.levels)
+
+    # The fan: its run contact follows the relay line after the delay, never while jammed.
+    command(fx, "fan follow 10")
+    fan_line = board.WATCH_PINS[5]
+    machine.set_input(fan_line, 1)
+    run_for(fx, 3_000)
+    check("fan not yet spun up", fan_run.levels[-1:] != [1], fan_run.levels)
+    deadline = ticks_us()
+    while fan_run.levels[-1:] != [1] and ticks_diff(ticks_us(), deadline) < 100_000:
+        fx.step()
+    check("fan run contact: running", fan_run.levels[-1:] == [1], fan_run.levels)
+    check("fan edges reported", any(x.startswith("edge fan 1") for x in console.out)
+          and any(x.startswith("edge fan-run 1") for x in console.out))  # fmt: skip
+    reply = command(fx, "fan jam 1")
+    run_for(fx, 5_000)
+    check("jammed fan stops", fan_run.levels[-1:] == [0] and "jammed=1" in reply, reply)
+    command(fx, "fan jam 0")
+    machine.set_input(fan_line, 0)
+    # The power contacts: high while healthy, low on the fault; a bad one changes nothing.
+    check("mains starts healthy", mains.levels[-1:] == [1], mains.levels)
+    reply = command(fx, "power mains fail")
+    check("mains fails", reply.startswith("ok power") and mains.levels[-1:] == [0], reply)
+    reply = command(fx, "power mains flicker")
+    check("bad power state refused", reply.startswith("err power") and mains.levels[-1:] == [0])
+    command(fx, "power mains ok")
+    check("mains back", mains.levels[-1:] == [1], mains.levels)
 
     # No allocation on the UART path (MicroPython only: gc.mem_alloc).
     if hasattr(gc, "mem_alloc"):

@@ -2,9 +2,9 @@
 queue one) and by the safety process's ``record`` commands (before it stores one), so both
 refuse the same things.
 
-Each socket has its own kinds: the control socket takes ``console.*``, ``commissioning.*`` and
-``hazard.*`` (``CONSOLE_KINDS``), the uplink socket only ``uplink.*`` and ``sms.*``
-(``UPLINK_KINDS``). Neither can forge an alarm, a fault or a valve event in the log.
+Each socket has its own kinds: the control socket takes ``console.*``, ``commissioning.*``,
+``hazard.*`` and ``cylinder.*`` (``CONSOLE_KINDS``), the uplink socket only ``uplink.*`` and
+``sms.*`` (``UPLINK_KINDS``). Neither can forge an alarm, a fault or a valve event in the log.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ class Kinds(NamedTuple):
 
 
 CONSOLE_KINDS = Kinds(
-    re.compile(r"^(console|commissioning|hazard)\.[a-z][a-z0-9_]{0,39}$"),
-    "console.NAME, commissioning.NAME or hazard.NAME (NAME: lower-case, digits, '_')",
+    re.compile(r"^(console|commissioning|hazard|cylinder)\.[a-z][a-z0-9_]{0,39}$"),
+    "console.NAME, commissioning.NAME, hazard.NAME or cylinder.NAME "
+    "(NAME: lower-case, digits, '_')",
 )
 UPLINK_KINDS = Kinds(
     re.compile(r"^(uplink|sms)\.[a-z][a-z0-9_]{0,39}$"),

@@ -226,8 +226,56 @@ def render_status(status: dict[str, Any]) -> str:
     lines += table(
         ("NAME", "KIND", "COMMANDED", "FEEDBACK", "CONFIRMED", "FAILED", "REASON"), valve_rows
     )
+    lines += _render_site_io(status)
     lines += _render_uplinks(status)
     return "\n".join(lines) + "\n"
+
+
+def _render_site_io(status: dict[str, Any]) -> list[str]:
+    """Detector service dates, exhaust fans and power contacts, when the site has them."""
+    lines: list[str] = []
+    service = [
+        (_text(d.get("name", "?")), d["service"])
+        for d in status.get("detectors") or []
+        if isinstance(d, dict) and isinstance(d.get("service"), dict)
+    ]
+    if any(s.get("installed") or s.get("calibrated") for _, s in service):
+        rows = [
+            [
+                name,
+                _text(s.get("installed") or "-"),
+                _text(s.get("calibrated") or "-"),
+                ("OVERDUE: " if s.get("overdue") else "") + _text(s.get("text")),
+            ]
+            for name, s in service
+        ]
+        lines += ["", "Detector service"]
+        lines += table(("NAME", "INSTALLED", "CALIBRATED", "DUE"), rows)
+    fans = [f for f in status.get("fans") or [] if isinstance(f, dict)]
+    if fans:
+        rows = [
+            [
+                _text(f.get("name", "?")),
+                ",".join(_text(z) for z in f.get("zones") or []),
+                _text(f.get("commanded", "?")),
+                _flag(f.get("running"), "running", "stopped", "no contact"),
+                "FAILED" if f.get("failed") is True else "no",
+                _text(f.get("reason")),
+            ]
+            for f in fans
+        ]
+        lines += ["", f"Exhaust fans ({len(fans)})"]
+        lines += table(("NAME", "ZONES", "COMMANDED", "FEEDBACK", "FAILED", "REASON"), rows)
+    power = status.get("power")
+    if isinstance(power, dict) and (power.get("mains") or power.get("battery")):
+        mains = {"ok": "ok", "failed": "FAILED (on battery)"}.get(
+            _text(power.get("mains")), "not wired"
+        )
+        battery = {"ok": "ok", "low": "LOW (valves closed)"}.get(
+            _text(power.get("battery")), "not wired"
+        )
+        lines += ["", f"Power:     mains {mains}, backup battery {battery}"]
+    return lines
 
 
 def _render_processes(status: dict[str, Any]) -> list[str]:
@@ -285,6 +333,44 @@ def _render_uplinks(status: dict[str, Any]) -> list[str]:
             ]
         )
     lines += table(("CHANNEL", "PEER", "LINK", "PENDING", "DELIVERED ON", "LAST ERROR"), rows)
+    lines += _render_delivery(status)
+    return lines
+
+
+def _seconds(value: Any) -> str:
+    number = _number(value)
+    return "-" if number is None else f"{number:.2f} s"
+
+
+def _share(value: Any) -> str:
+    number = _number(value)
+    return "-" if number is None else f"{number:.1%}"
+
+
+def _render_delivery(status: dict[str, Any]) -> list[str]:
+    """Each channel's alarm delivery times and link availability (24 h and 7 days)."""
+    delivery = status.get("delivery")
+    if not isinstance(delivery, dict) or not isinstance(delivery.get("channels"), dict):
+        return []
+    rows = []
+    for name, periods in delivery["channels"].items():
+        periods = periods if isinstance(periods, dict) else {}
+        for period in ("24h", "7d"):
+            p = periods.get(period)
+            p = p if isinstance(p, dict) else {}
+            rows.append(
+                [
+                    _text(name),
+                    period,
+                    _text(p.get("count", 0)),
+                    _seconds(p.get("p50_s")),
+                    _seconds(p.get("p95_s")),
+                    _seconds(p.get("max_s")),
+                    _share(p.get("availability")),
+                ]
+            )
+    lines = ["", "Alarm delivery (raised -> receiver's acknowledgement)"]
+    lines += table(("CHANNEL", "OVER", "EVENTS", "P50", "P95", "MAX", "LINK UP"), rows)
     return lines
 
 

@@ -7,11 +7,13 @@ reply (``age_s``).
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 from gateway.config import Config
 from gateway.core.model import Level, Outputs
 from gateway.core.safety import CoreView, DetectorView
+from gateway.maintenance import service_of
 
 
 def detector_state(d: DetectorView) -> str:
@@ -38,6 +40,7 @@ def build_status(
     simulated: bool,
 ) -> dict[str, Any]:
     det_cfg = {d.name: d for d in config.detectors}
+    today = datetime.date.fromtimestamp(wall)
     valve_cfg = {v.name: v for v in config.valves}
     detectors = []
     alarms = []
@@ -66,6 +69,7 @@ def build_status(
                 "inhibited_s": None
                 if d.inhibited_until is None
                 else round(max(0.0, d.inhibited_until - now), 1),
+                "service": service_of(c).as_status(today) if c else None,
             }
         )
         if d.latched > Level.NORMAL:
@@ -73,6 +77,8 @@ def build_status(
             alarms.append(f"{d.name}: {d.latched.name.lower()} alarm (latched until reset{still})")
         if d.fault is not None:
             faults.append(f"{d.name}: {d.fault}")
+    for name, text in view.service:
+        faults.append(f"{name}: {text}")
     if view.store_fault is not None:
         faults.append(f"store: {view.store_fault}")
     valves = []
@@ -94,6 +100,30 @@ def build_status(
                 "failed": v.failed,
             }
         )
+    fan_cfg = {f.name: f for f in config.fans}
+    fans = []
+    for f in view.fans:
+        fc = fan_cfg.get(f.name)
+        if f.failed:
+            faults.append(f"{f.name}: fan fault (not running when it should)")
+        fans.append(
+            {
+                "name": f.name,
+                "label": fc.label if fc and fc.label else f.name,
+                "zones": list(f.zones),
+                "commanded": "on" if f.commanded_on else "off",
+                "reason": f.reason,
+                "running": f.running,
+                "failed": f.failed,
+                "run_on_s": None
+                if f.run_on_until is None
+                else round(max(0.0, f.run_on_until - now), 1),
+            }
+        )
+    if view.mains_failed:
+        faults.append("power: mains failed, running on the backup battery")
+    if view.battery_low:
+        faults.append("power: backup battery low, valves closed")
     return {
         "site": {"id": config.site.id, "name": config.site.name, "address": config.site.address},
         "uptime_s": round(uptime_s, 1),
@@ -101,6 +131,15 @@ def build_status(
         "simulated": simulated,
         "detectors": detectors,
         "valves": valves,
+        "fans": fans,
+        "power": {
+            "mains": None
+            if config.power.mains_failed_pin is None
+            else ("failed" if view.mains_failed else "ok"),
+            "battery": None
+            if config.power.battery_low_pin is None
+            else ("low" if view.battery_low else "ok"),
+        },
         "alarms": alarms,
         "faults": faults,
         "sounder": outputs.sounder,

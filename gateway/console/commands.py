@@ -41,6 +41,13 @@ from gateway.console.commissioning import (
     sign,
     signature_ok,
 )
+from gateway.console.cylindercmds import (
+    cmd_cylinder_add,
+    cmd_cylinder_remove,
+    cmd_cylinder_set,
+    cmd_cylinders,
+)
+from gateway.console.cylinders import CylinderError, CylinderRegister
 from gateway.console.hazards import (
     HazardError,
     HazardLedger,
@@ -215,6 +222,7 @@ class Console:
         self.valve_wait_extra_s = valve_wait_extra_s
         self.editor = ce.ConfigEditor(self.config_path)
         self.hazards = HazardLedger(store, wall=wall, today=today)
+        self.cylinders = CylinderRegister(store, wall=wall)
         self.book = CommissioningBook(store)
         self.logged_in_at = wall()
         self.commands = build_commands()
@@ -334,7 +342,7 @@ class Console:
         except Failed as e:
             outcome = f"error: {e}"
             self.say(wrap(f"error: {e}"))
-        except (ce.ConfigEditError, AuthError, HazardError) as e:
+        except (ce.ConfigEditError, AuthError, HazardError, CylinderError) as e:
             outcome = f"error: {e}"
             self.say(wrap(f"error: {e}"))
             for p in getattr(e, "problems", []):
@@ -396,6 +404,8 @@ class Console:
             return list(ce.UPLINKS)
         if name == "hazard":
             return [h.label for h in self.hazards.hazards()]
+        if name == "cylinder":
+            return [cyl.code for cyl in self.cylinders.cylinders()]
         if name == "record":
             return [r.id for r in self.book.records()]
         if name == "format":
@@ -541,6 +551,10 @@ def cmd_status(c: Console, args: list[str]) -> None:
     open_hazards = c.hazards.hazards()
     overdue = c.hazards.overdue()
     lines.append(f"Hazards:   {len(open_hazards)} open, {len(overdue)} overdue")
+    cylinders = c.cylinders.cylinders()
+    if cylinders:
+        stored = sum(x.kg for x in cylinders if x.state != "empty")
+        lines.append(f"Cylinders: {len(cylinders)} recorded, {stored} kg of LPG not empty")
     lines += [f"           OVERDUE {h.label} due {h.deadline}: {h.remark[:50]}" for h in overdue]
     if c.editor.staged:
         lines.append("Config:    changes staged, not applied (config diff / config apply)")
@@ -1709,7 +1723,8 @@ def build_commands() -> list[Command]:
             ("timings", "set"),
             "timings set key=value ...",
             "stage poll and fault timings",
-            "poll_period_s, comm_fault_timeout_s (at most 100, GB 16808), confirm_count.",
+            "poll_period_s, comm_fault_timeout_s (at most 100, GB 16808), confirm_count,\n"
+            "confirm_at_once (take the confirming readings at once; default true).",
             _table_cmd("timings"),
             kv="timings",
         ),
@@ -1869,6 +1884,41 @@ def build_commands() -> list[Command]:
             "Records you as the one who verified it.",
             cmd_hazard_close,
             args=("hazard",),
+        ),
+        Command(
+            ("cylinders",),
+            "cylinders",
+            "the LPG cylinders on site, and their hazards",
+            "Each cylinder by its code (一瓶一码), with the city plan's checks: more than\n"
+            "100 kg outside a cylinder room, a 50 kg dual-phase cylinder, in-use and\n"
+            "spare together.",
+            cmd_cylinders,
+            audit=False,
+        ),
+        Command(
+            ("cylinder", "add"),
+            "cylinder add CODE kg=N state=S place=P [kind=K]",
+            "record a cylinder by its scanned code",
+            "kg: 2 5 10 15 50; state: in-use spare empty; place: where it stands\n"
+            "(cylinder-room for a dedicated room); kind: single-phase (default) or\n"
+            "dual-phase. A broken rule opens a hazard (you responsible, due in 7 days).",
+            cmd_cylinder_add,
+        ),
+        Command(
+            ("cylinder", "set"),
+            "cylinder set CODE key=value ...",
+            "change a cylinder's state, place, kg or kind",
+            "",
+            cmd_cylinder_set,
+            args=("cylinder",),
+        ),
+        Command(
+            ("cylinder", "remove"),
+            "cylinder remove CODE",
+            "a cylinder left the site",
+            "",
+            cmd_cylinder_remove,
+            args=("cylinder",),
         ),
     ]
     return cmds

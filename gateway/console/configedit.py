@@ -23,6 +23,7 @@ How a change reaches the kitchen, and why it cannot leave a broken file behind:
 from __future__ import annotations
 
 import contextlib
+import datetime
 import difflib
 import hashlib
 import os
@@ -36,7 +37,7 @@ import tomlkit
 from tomlkit.items import AoT, Table
 from tomlkit.toml_document import TOMLDocument
 
-from gateway.config import Config
+from gateway.config import Config, restart_fields
 from gateway.uplinks.config import load_site
 from gateway.validate import ConfigError, Problem
 
@@ -49,11 +50,14 @@ DEFERRED = (
     "at least one",
     "the name of a [[bus]]",
 )
-RESTART_FIELDS = ("valves", "annunciator", "storage.data_dir", "control.socket", "uplink")
+# Without a running config to compare with, everything that could need a restart.
+RESTART_FIELDS = ("valves", "fans", "power", "annunciator", "storage.data_dir", "control.socket",
+                  "uplink")  # fmt: skip
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 
 # What each table accepts from the console and how a typed value is read:
-# str, int, num (int or float as typed), bool, strs (comma-separated list), int? (none removes).
+# str, int, num (int or float as typed), bool, strs (comma-separated list), date (YYYY-MM-DD or
+# "today"), int? / date? (none removes).
 SCHEMAS: dict[str, dict[str, str]] = {
     "detector": {
         "name": "str",
@@ -65,6 +69,8 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "gas": "str",
         "low_lel": "num",
         "high_lel": "num",
+        "installed": "date?",
+        "calibrated": "date?",
     },
     "valve": {
         "name": "str",
@@ -89,7 +95,12 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "retries": "int",
     },
     "site": {"id": "str", "name": "str", "address": "str"},
-    "timings": {"poll_period_s": "num", "comm_fault_timeout_s": "num", "confirm_count": "int"},
+    "timings": {
+        "poll_period_s": "num",
+        "comm_fault_timeout_s": "num",
+        "confirm_count": "int",
+        "confirm_at_once": "bool",
+    },
     "annunciator": {
         "sounder_pin": "int",
         "red_pin": "int",
@@ -189,6 +200,15 @@ def parse_value(table: str, key: str, text: str) -> Any:
         if lowered in ("false", "no", "off", "0"):
             return False
         raise ConfigEditError(f"{table}.{key} = {text[:40]!r}: must be true or false")
+    if base == "date":
+        if text.lower() == "today":
+            return datetime.date.today()
+        try:
+            return datetime.date.fromisoformat(text)
+        except ValueError:
+            raise ConfigEditError(
+                f"{table}.{key} = {text[:40]!r}: must be a date YYYY-MM-DD or 'today'"
+            ) from None
     if base == "strs":
         items = [part.strip() for part in text.split(",")]
         if not items or any(not item for item in items):
@@ -433,18 +453,6 @@ def problems_of(path: Path, text: str) -> list[Problem]:
 
 def deferred(problem: Problem) -> bool:
     return problem.allowed.startswith(DEFERRED)
-
-
-def restart_fields(old: Config, new: Config) -> list[str]:
-    """What differs that the controller applies only at a restart (see Controller.reload)."""
-    pairs = {
-        "valves": (old.valves, new.valves),
-        "annunciator": (old.annunciator, new.annunciator),
-        "storage.data_dir": (old.data_dir, new.data_dir),
-        "control.socket": (old.control_socket, new.control_socket),
-        "uplink": (old.uplink_table, new.uplink_table),  # a restart of gasguard-uplinks only
-    }
-    return [name for name, (a, b) in pairs.items() if a != b]
 
 
 def sha256_text(text: str) -> str:

@@ -2,8 +2,8 @@
 the site key used to sign commissioning records (``site.key``).
 
 What it holds: technicians (id, scrypt hash of the PIN), the login-failure counter and lockout,
-commissioning records, the hazard ledger, and console events waiting to be handed to the
-controller's event log (``pending_records``).
+commissioning records, the hazard ledger, the site's LPG cylinders, and console events waiting
+to be handed to the controller's event log (``pending_records``).
 
 Why these settings:
 
@@ -79,6 +79,15 @@ _SCHEMA = (
         verified_by TEXT,
         close_remark TEXT,
         overdue_reported_utc REAL
+    )""",
+    """CREATE TABLE IF NOT EXISTS cylinders (
+        code TEXT PRIMARY KEY,
+        kg INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL,
+        place TEXT NOT NULL,
+        recorded_utc REAL NOT NULL,
+        recorded_by TEXT NOT NULL
     )""",
 )
 

@@ -75,6 +75,31 @@ class ValveFeedback:
 
 
 @dataclass(frozen=True, slots=True)
+class FanFeedback:
+    """The run-feedback contact of one exhaust fan as read now: ``running`` True or False."""
+
+    fan: str
+    at: float
+    running: bool
+
+
+class PowerSignal(Enum):
+    """A power-supply contact: the mains has failed, or the backup battery is low."""
+
+    MAINS_FAILED = "mains-failed"
+    BATTERY_LOW = "battery-low"
+
+
+@dataclass(frozen=True, slots=True)
+class PowerInput:
+    """One power contact as read now (not yet debounced: the core debounces it)."""
+
+    signal: PowerSignal
+    at: float
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ResetRequest:
     """The local manual reset (reset button held >= 2 s, or the local console)."""
 
@@ -143,6 +168,16 @@ class StoreHealth:
     error: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class ServiceWarnings:
+    """The detectors that need service today (calibration overdue, end of life), by name, with
+    why; from the controller's daily check. A warning fault: the yellow light flashes, nothing
+    sounds and no valve changes."""
+
+    at: float
+    warnings: tuple[tuple[str, str], ...]
+
+
 Input = (
     Reading
     | CommFailure
@@ -153,6 +188,9 @@ Input = (
     | ValveTestRequest
     | SounderTestRequest
     | StoreHealth
+    | FanFeedback
+    | PowerInput
+    | ServiceWarnings
     | Tick
 )
 
@@ -187,6 +225,7 @@ class Outputs:
     yellow: Light
     green: Light
     events: tuple[Event, ...] = ()
+    fans_on: dict[str, bool] = field(default_factory=dict)  # fan name -> relay on
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,13 +250,48 @@ class ValvePlan:
     close_confirm_s: float = 2.0
 
 
+FAN_RUN_ON_S = 300.0  # an exhaust fan runs this long after its zone's alarm was reset
+FAN_START_CONFIRM_S = 10.0  # a fan with run feedback must report running within this
+POWER_DEBOUNCE_S = 2.0  # a power contact must hold its new state this long to count
+
+
+@dataclass(frozen=True, slots=True)
+class FanPlan:
+    """One exhaust fan (GB 50028): it runs while any detector of its ``zones`` is alarming or
+    has a latched alarm, and for ``run_on_s`` after; on a detector's comm fault only if
+    ``on_comm_fault``. With run feedback, not running ``start_confirm_s`` after it was started
+    (or stopping while it should run) is a fan fault."""
+
+    name: str
+    zones: tuple[str, ...]
+    run_on_s: float = FAN_RUN_ON_S
+    on_comm_fault: bool = False
+    has_feedback: bool = False
+    start_confirm_s: float = FAN_START_CONFIRM_S
+
+
+@dataclass(frozen=True, slots=True)
+class PowerPlan:
+    """Which power contacts are wired. A mains failure is a fault; a low battery is a fault
+    that closes every valve while there is still power to drive it closed."""
+
+    mains: bool = False
+    battery: bool = False
+    debounce_s: float = POWER_DEBOUNCE_S
+
+
 @dataclass(frozen=True, slots=True)
 class SafetyPlan:
-    """Detectors, valves and timings. Defaults are the safety-relevant ones:
-    comm fault after 10 s of silence (GB 16808 allows at most 100 s) and an alarm confirmed by
-    2 consecutive readings (GB 16808-2025)."""
+    """Detectors, valves, fans, power contacts and timings. Defaults are the safety-relevant
+    ones: comm fault after 10 s of silence (GB 16808 allows at most 100 s) and an alarm
+    confirmed by 2 consecutive readings (GB 16808-2025)."""
 
     detectors: tuple[DetectorPlan, ...]
     valves: tuple[ValvePlan, ...]
     comm_fault_timeout_s: float = 10.0
     confirm_count: int = 2
+    fans: tuple[FanPlan, ...] = ()
+    power: PowerPlan = PowerPlan()
+    # Zones where one detector's low alarm sounds and goes upstream but closes no valve: a
+    # high alarm at any detector, low alarms at two, or any detector's fault does.
+    two_detector_zones: frozenset[str] = frozenset()

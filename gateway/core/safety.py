@@ -19,6 +19,10 @@ Rules (each one is a test in ``tests/core/test_safety_core.py`` or a property in
 * A detector with no valid reply for ``comm_fault_timeout_s`` is in comm fault; its last value is
   then never reported (``DetectorView.lel`` is None).
 * Any latched alarm or active fault closes every valve mapped to the detector's zone (fail safe).
+  In a zone with two-detector confirmation (``SafetyPlan.two_detector_zones``, GB 16808-2025
+  lets an alarm be confirmed by two detectors) one detector's low alarm sounds, latches and goes
+  upstream but closes nothing; a high alarm at any detector, low alarms at two, or any
+  detector's fault (comm or sensor: fail safe) close the zone's valves.
 * A valve, once closed, stays closed (lockout) until a local manual reset, which is refused unless
   every detector is normal. Startup begins with every valve closed: a restart never opens gas.
 * A valve with a position contact must confirm "closed" within its ``close_confirm_s`` or it is
@@ -31,6 +35,13 @@ Rules (each one is a test in ``tests/core/test_safety_core.py`` or a property in
   waited longer than ``comm_fault_timeout_s`` is stale and ignored.
 * A store fault (the event log cannot be written) is a fault for the lights, the sounder and
   the record, and changes no valve.
+* Exhaust fans follow their zones' alarms (``core.fans``); a fan that does not run is a fault
+  and changes no valve.
+* A detector due for service (``ServiceWarnings``: calibration overdue, end of life) flashes
+  the yellow light; it neither sounds nor changes a valve.
+* A mains failure (debounced, ``core.power``) is a fault; a low backup battery is a fault that
+  closes every valve while there is still power to drive it, and blocks the reset until the
+  battery is no longer low.
 """
 
 from __future__ import annotations
@@ -39,20 +50,24 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from gateway.core.fans import FanInterlock, FanView
 from gateway.core.model import (
     MAX_INHIBIT_S,
     MAX_SOUNDER_TEST_S,
     CommFailure,
     DetectorPlan,
     Event,
+    FanFeedback,
     InhibitRequest,
     Input,
     Level,
     Light,
     Outputs,
+    PowerInput,
     Reading,
     ResetRequest,
     SafetyPlan,
+    ServiceWarnings,
     SilenceRequest,
     SounderTestRequest,
     StoreHealth,
@@ -61,6 +76,7 @@ from gateway.core.model import (
     ValvePlan,
     ValveTestRequest,
 )
+from gateway.core.power import PowerMonitor
 
 # A reading below zero by more than this is implausible: a drifted or broken sensor.
 NEGATIVE_FAULT_LEL = -5.0
@@ -101,6 +117,10 @@ class CoreView:
     valves: tuple[ValveView, ...]
     silenced: bool
     store_fault: str | None = None
+    fans: tuple[FanView, ...] = ()
+    mains_failed: bool = False
+    battery_low: bool = False
+    service: tuple[tuple[str, str], ...] = ()  # detectors due for service, with why
 
 
 class _Detector:
@@ -200,6 +220,9 @@ class SafetyCore:
         self._events: list[Event] = []
         self._now = now
         self._sounder_test_until = now
+        self._service: tuple[tuple[str, str], ...] = ()
+        self._fans = FanInterlock(plan.fans)
+        self._power = PowerMonitor(plan.power)
         self._apply_plan(plan, now)
         for name, level in (latched or {}).items():
             det = self._detectors.get(name)
@@ -242,6 +265,8 @@ class SafetyCore:
         for valve in self._valves.values():
             for zone in valve.plan.zones:
                 self._zone_valves.setdefault(zone, []).append(valve)
+        self._fans.replan(plan.fans)
+        self._power.replan(plan.power)
 
     def replan(self, plan: SafetyPlan, now: float) -> Outputs:
         """Apply a new, already validated plan (config reload). Latches and valve lockouts are
@@ -308,6 +333,12 @@ class SafetyCore:
             self._on_sounder_test(inp, now)
         elif isinstance(inp, StoreHealth):
             self._on_store_health(inp, now)
+        elif isinstance(inp, FanFeedback):
+            self._events += self._fans.feedback(inp)
+        elif isinstance(inp, PowerInput):
+            self._power.feed(inp)
+        elif isinstance(inp, ServiceWarnings):
+            self._service = tuple((str(n), str(t)[:200]) for n, t in inp.warnings)
         elif not isinstance(inp, Tick):  # pragma: no cover - the Input union is closed
             raise TypeError(f"unknown safety input {inp!r}")
         return self._finish(now)
@@ -501,6 +532,8 @@ class SafetyCore:
                     f"{valve.plan.name}: valve never confirmed closed, check the valve and its "
                     "contact"
                 )
+        if self._power.battery_low:
+            blockers.append("power: backup battery low, restore the mains or the battery first")
         return blockers
 
     def _on_reset(self, req: ResetRequest) -> None:
@@ -519,6 +552,7 @@ class SafetyCore:
         self._silenced = False
         for det in self._detectors.values():
             det.latched = Level.NORMAL
+        self._events += self._fans.reset(req.at)
         # A valve that never confirmed "closed" blocks the reset (see reset_blockers); one that
         # was reopened by hand after closing is accepted with the reset.
         for valve in self._valves.values():
@@ -663,17 +697,47 @@ class SafetyCore:
                         {"fault": "comm", "silent_s": round(now - det.last_good_at, 3)},
                     )
                 )
-        # Fail safe: an alarm or any fault we cannot rule out closes the zone's valves.
+        # Fail safe: an alarm or any fault we cannot rule out closes the zone's valves. In a
+        # two-detector zone a low alarm alone only warns; a second one (or a high alarm, or a
+        # fault) closes.
+        lows: dict[str, int] = {}
+        for det in self._detectors.values():
+            if det.latched > Level.NORMAL or det.fault is not None:
+                lows[det.plan.zone] = lows.get(det.plan.zone, 0) + 1
         for det in self._detectors.values():
             if det.latched == Level.NORMAL and det.fault is None:
                 continue
+            if (
+                det.plan.zone in self._plan.two_detector_zones
+                and det.fault is None
+                and det.latched == Level.LOW
+                and lows[det.plan.zone] < 2
+            ):
+                continue
             for valve in self._zone_valves.get(det.plan.zone, ()):
                 if valve.open:
-                    if det.latched > Level.NORMAL:
+                    if (
+                        det.latched == Level.LOW
+                        and det.plan.zone in self._plan.two_detector_zones
+                    ):
+                        why = (
+                            f"{det.latched.name.lower()} alarm at {det.plan.name} "
+                            f"({lows[det.plan.zone]} detectors of {det.plan.zone})"
+                        )
+                    elif det.latched > Level.NORMAL:
                         why = f"{det.latched.name.lower()} alarm at {det.plan.name}"
                     else:
                         why = f"{det.fault} at {det.plan.name}"
                     self._close(valve, now, why)
+        power_events = self._power.decide(now)
+        if any(e.kind in ("power.mains_failed", "power.battery_low") for e in power_events):
+            self._silenced = False
+        self._events += power_events
+        if self._power.battery_low:
+            for valve in self._valves.values():
+                if valve.open:
+                    self._close(valve, now, "backup battery low: closed before the power fails")
+        self._decide_fans(now)
         for valve in self._valves.values():
             if (
                 not valve.open
@@ -688,12 +752,29 @@ class SafetyCore:
                     never_closed=True,
                 )
 
+    def _decide_fans(self, now: float) -> None:
+        alarms: dict[str, str] = {}
+        comm: dict[str, str] = {}
+        for det in self._detectors.values():
+            level = det.latched if det.inhibited_until is not None else max(det.level, det.latched)
+            if level > Level.NORMAL:
+                alarms.setdefault(det.plan.zone, f"{level.name.lower()} alarm at {det.plan.name}")
+            if det.comm_fault:
+                comm.setdefault(det.plan.zone, f"comm fault at {det.plan.name}")
+        fan_events = self._fans.decide(now, alarms, comm)
+        if any(e.kind == "fan.failed" for e in fan_events):
+            self._silenced = False
+        self._events += fan_events
+
     def _outputs(self) -> Outputs:
         any_alarm = any(d.latched > Level.NORMAL for d in self._detectors.values())
         any_fault = (
             any(d.fault is not None for d in self._detectors.values())
             or any(v.failed for v in self._valves.values())
             or self._store_fault is not None
+            or self._fans.any_failed()
+            or self._power.mains_failed
+            or self._power.battery_low
         )
         # Steady yellow: attention, no fault: gas locked off awaiting a reset, or a detector
         # inhibited for calibration.
@@ -706,9 +787,12 @@ class SafetyCore:
             valves_open={name: v.open for name, v in self._valves.items()},
             sounder=((any_alarm or any_fault) and not self._silenced) or testing,
             red=Light.FLASH_ALARM if any_alarm else Light.OFF,
-            yellow=Light.FLASH_FAULT if any_fault else (Light.ON if attention else Light.OFF),
+            yellow=Light.FLASH_FAULT
+            if any_fault or self._service
+            else (Light.ON if attention else Light.OFF),
             green=Light.ON,
             events=events,
+            fans_on=self._fans.commands(),
         )
 
     # -- views ---------------------------------------------------------------------------------
@@ -744,6 +828,10 @@ class SafetyCore:
             ),
             silenced=self._silenced,
             store_fault=self._store_fault,
+            fans=self._fans.view(),
+            mains_failed=self._power.mains_failed,
+            battery_low=self._power.battery_low,
+            service=self._service,
         )
 
     def latched(self) -> dict[str, Level]:

@@ -24,6 +24,12 @@ Nothing here decides alarm or fault; the safety core does. Safety-relevant behav
   timeout never fits it is still tried every ``MAX_BACKOFF_S`` (a late cycle, never a dropped
   one) so that it recovers as soon. Cycles it is skipped deliver nothing: the core raises the
   comm fault from the age of the last valid reply.
+* Confirm at once: a reading that reaches a higher alarm level than the one before (the low or
+  high set point, or the detector's own alarm status) is followed at once by another poll of
+  that detector, up to ``confirm_count - 1`` times while it stays there, before the cycle goes
+  on. The safety core then has its
+  confirming readings one frame later instead of one cycle later; the cycle grows by at most
+  ``confirm_count - 1`` polls per alarming detector (``gateway.busload`` counts them).
 * t3.5 after every frame on the line: before each request the poller waits until the line has
   been silent for t3.5 (plus ``gap_ms``) since the last byte seen, so a late reply that arrives
   after the master gave up is never talked over.
@@ -57,7 +63,7 @@ import serial
 import serial.rs485
 
 from gateway.config import BusConfig, DetectorConfig
-from gateway.core.model import CommFailure, Reading
+from gateway.core.model import CommFailure, Level, Reading
 from gateway.log import log
 from gateway.rtu import read_exchange_time, silent_attempt_time
 
@@ -162,6 +168,7 @@ class _DetectorState:
     last_try_at: float | None = None  # clock() of the last request sent to it
     answered_last: bool = False  # its last failed attempt got a (bad) answer, not silence
     failing_logged: bool = False
+    level: Level = Level.NORMAL  # the alarm level of its last reading (set points, status)
 
 
 class DetectorBus:
@@ -181,8 +188,16 @@ class DetectorBus:
         period_s: float,
         deliver: Callable[[Reading | CommFailure], None],
         clock: Callable[[], float] = time.monotonic,
+        confirm_count: int = 1,
     ) -> None:
         _check_bus(bus)
+        if isinstance(confirm_count, bool) or not isinstance(confirm_count, int) or not (
+            1 <= confirm_count <= 5
+        ):
+            raise ValueError(
+                f"bus {bus.name!r}: confirm_count {confirm_count!r} is not allowed: 1 to 5 "
+                "(1: no confirming polls at once)"
+            )
         if not math.isfinite(period_s) or period_s <= 0:
             raise ValueError(f"bus {bus.name!r}: period_s {period_s!r} is not allowed: > 0 s")
         if not detectors:
@@ -207,6 +222,7 @@ class DetectorBus:
         self._deliver_cb = deliver
         self._clock = clock
         self._states = [_DetectorState(d) for d in detectors]
+        self._confirm_extra = confirm_count - 1
         # Silence before a request, as minimalmodbus charges it (11-bit characters, >= 1.75 ms),
         # plus the configured extra gap.
         self._t35_s = max(3.5 * 11 / bus.baud, 0.00175)
@@ -408,9 +424,10 @@ class DetectorBus:
         # Not tried at all: deferred to the next cycle where it fits. Nothing is delivered; the
         # core raises the comm fault from the age of the last valid reply.
 
-    def _attempt(self, st: _DetectorState) -> str | None:
+    def _attempt(self, st: _DetectorState, confirming: bool = False) -> str | None:
         """One request to one detector. None when its Reading was delivered, else the error.
-        Raises _PortLost when the port itself fails."""
+        An alarming reading is confirmed at once (``_confirm``) unless this is one of those
+        confirming polls. Raises _PortLost when the port itself fails."""
         profile = st.config.profile
         start, count = profile.block
         self._await_quiet_line()
@@ -436,7 +453,21 @@ class DetectorBus:
         decoded = profile.decode(registers)
         self._deliver(Reading(st.config.name, at, decoded.lel, decoded.own_alarm, decoded.fault))
         self._succeeded(st)
+        before = st.level
+        st.level = _alarm_level(st.config, decoded.lel, decoded.own_alarm)
+        if not confirming and st.level > before:  # a new crossing: confirm it now
+            self._confirm(st, st.level)
         return None
+
+    def _confirm(self, st: _DetectorState, level: Level) -> None:
+        """Poll a detector that just reached ``level`` again at once, up to
+        ``confirm_count - 1`` times, while it stays there. A failed confirming poll ends it:
+        the next cycle polls as usual."""
+        for _ in range(self._confirm_extra):
+            if st.level < level or self._stop.is_set():
+                return
+            if self._attempt(st, confirming=True) is not None:
+                return
 
     def _await_quiet_line(self) -> None:
         """Wait until the line has been silent for t3.5 (plus ``gap_ms``) since the last byte
@@ -614,6 +645,17 @@ class DetectorBus:
             recent_cycles=tuple(self._recent),
             stray_bytes=self._stray_bytes,
         )
+
+
+def _alarm_level(det: DetectorConfig, lel: float | None, own: Level) -> Level:
+    """The level a reading shows against the detector's set points (NaN: none), or its own
+    status's, whichever is higher. Only to decide a confirming poll: the core decides alarms."""
+    level = own
+    if lel is not None and lel >= det.high_lel:
+        level = max(level, Level.HIGH)
+    elif lel is not None and lel >= det.low_lel:
+        level = max(level, Level.LOW)
+    return level
 
 
 def _check_bus(bus: BusConfig) -> None:

@@ -17,6 +17,7 @@ stay in their own processes.
 
 from __future__ import annotations
 
+import datetime
 import queue
 import signal
 import threading
@@ -30,19 +31,23 @@ from gateway import __version__
 from gateway.api.control import ControlServer, Handler
 from gateway.api.status import build_status
 from gateway.appliance.cpus import make_realtime
-from gateway.config import Config, load_config
+from gateway.config import UPLINK_FIELD, Config, load_config, restart_fields
 from gateway.core.model import (
     Event,
     Input,
     ResetRequest,
+    ServiceWarnings,
     SilenceRequest,
     SounderTestRequest,
     StoreHealth,
 )
 from gateway.core.safety import SafetyCore
 from gateway.drivers.annunciator import Annunciator
+from gateway.drivers.fan import ExhaustFan
+from gateway.drivers.power import PowerContacts
 from gateway.drivers.valve import ShutoffValve, make_valve
 from gateway.log import error, log
+from gateway.maintenance import warnings as service_warnings
 from gateway.paths import EVENTS_DB, events_db, uplink_socket
 from gateway.safety.handlers import (
     STATE_CHANGING,
@@ -53,9 +58,11 @@ from gateway.safety.handlers import (
 from gateway.safety.loop import TICK_S, LoopTimeout, Replan, SafetyLoop, Snapshot
 from gateway.safety.peers import uplink_uids
 from gateway.safety.pollers import Pollers
+from gateway.safety.trendwatch import TrendWatch
 from gateway.store.events import StoredEvent, latched_from_log
 from gateway.store.latchfile import LatchFile, latch_path, union
 from gateway.store.recorder import Recorder, RecorderItem
+from gateway.trend import TrendWarning
 from gateway.validate import ConfigError
 
 VERSION = __version__
@@ -97,6 +104,8 @@ class Controller:
         self.recorder_inbox: queue.SimpleQueue[RecorderItem] = queue.SimpleQueue()
         self.events_path = events_db(config.data_dir)
         self.valves: dict[str, ShutoffValve] = {}
+        self.fans: dict[str, ExhaustFan] = {}
+        self.power: PowerContacts | None = None
         self.annunciator: Annunciator | None = None
         self.loop: SafetyLoop | None = None
         self.pollers = Pollers(self.submit, clock, self._on_path_thread)
@@ -111,10 +120,18 @@ class Controller:
         self._extra_handlers: dict[str, Handler] = {}
         # The uplinks process's last report: (monotonic time, {channel: state}).
         # (when, channels, outbox fill) from the uplinks process's last report
-        self.uplink_report: tuple[float, dict[str, Any], dict[str, Any] | None] | None = None
+        self.uplink_report: (
+            tuple[float, dict[str, Any], dict[str, Any] | None, dict[str, Any] | None] | None
+        ) = None
         # UTC of a fire-centre duty check (查岗) nobody has answered yet; one reference,
         # assigned whole by the recorder thread and cleared by whoever answers.
         self.duty_check_pending: float | None = None
+        # Detector service warnings: what the core was last told, and the day each detector's
+        # warning was last recorded (reported upstream once a day until cleared).
+        self._service_told: dict[str, str] | None = None
+        self._service_recorded: dict[tuple[str, str], datetime.date] = {}
+        self.trend: TrendWatch | None = None
+        self._trend_judged: tuple[int, dict[str, TrendWarning]] | None = None  # (hour, ...)
 
     # -- compatibility views --------------------------------------------------------------------
 
@@ -148,6 +165,9 @@ class Controller:
                 valve = make_valve(vc, self._pin_factory)
                 self.valves[vc.name] = valve
                 valve.command(False)
+            for fc in cfg.fans:
+                self.fans[fc.name] = ExhaustFan(fc, self._pin_factory)
+            self.power = PowerContacts(cfg.power, self._pin_factory)
             self.annunciator = Annunciator(
                 cfg.annunciator,
                 on_silence=self._silence_pressed,
@@ -169,6 +189,8 @@ class Controller:
                 wall=self.wall,
                 first_poll_done=self.first_poll_done,
                 on_thread_start=self._on_path_thread,
+                fans=self.fans,
+                power=self.power,
             )
             for listener in self._cycle_listeners:
                 loop.on_cycle(listener)
@@ -192,6 +214,7 @@ class Controller:
                         "simulated": self.simulated,
                         "detectors": len(cfg.detectors),
                         "valves": len(cfg.valves),
+                        "fans": len(cfg.fans),
                         "latched_restored": {k: v.name.lower() for k, v in latched.items()},
                     },
                 )
@@ -213,6 +236,9 @@ class Controller:
                 uplink_socket(cfg.control_socket), uplink_handlers(self)
             )
             self.uplink_server.start()
+            self.trend = TrendWatch(lambda: self.snapshot, cfg.data_dir, wall=self.wall)
+            self.trend.start()
+            self.check_service()
         except BaseException:
             self._close_all_valves()
             self.stop()
@@ -231,6 +257,9 @@ class Controller:
         if self.loop is not None:
             self.loop.stop()
         self._close_all_valves()
+        if self.trend is not None:
+            self.trend.stop()
+            self.trend = None
         for server in (self.control, self.uplink_server):
             if server is not None:
                 server.stop()
@@ -242,6 +271,12 @@ class Controller:
         for valve in self.valves.values():
             valve.close()
         self.valves.clear()
+        for fan in self.fans.values():
+            fan.close()
+        self.fans.clear()
+        if self.power is not None:
+            self.power.close()
+            self.power = None
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT or a safety-loop failure; exit status 0 or 1."""
@@ -270,6 +305,7 @@ class Controller:
             if reload_wanted.is_set():
                 reload_wanted.clear()
                 self.reload_from_disk()
+            self.check_service()
             if self.failure is not None or (self.loop is not None and not self.loop.alive):
                 break
         self.stop()
@@ -342,17 +378,11 @@ class Controller:
     def reload(self, new: Config) -> None:
         """Apply a validated config without dropping protection: the safety core keeps its
         latches and valve lockouts (nothing opens), pollers of changed buses are restarted.
-        Valves, annunciator pins, data directory and control socket need a restart:
+        Valves, fans, power contacts, annunciator pins, data directory and control socket
+        need a restart:
         ReloadRefused, and nothing changes. (The uplinks process reads ``[uplink]`` itself.)"""
         with self._reload_lock:
-            old = self.config
-            fixed = {
-                "valves": (old.valves, new.valves),
-                "annunciator": (old.annunciator, new.annunciator),
-                "storage.data_dir": (old.data_dir, new.data_dir),
-                "control.socket": (old.control_socket, new.control_socket),
-            }
-            changed = [name for name, (a, b) in fixed.items() if a != b]
+            changed = [f for f in restart_fields(self.config, new) if f != UPLINK_FIELD]
             if changed:
                 raise ReloadRefused(
                     f"{', '.join(changed)} changed: these take effect only on a restart "
@@ -368,8 +398,64 @@ class Controller:
             if refused:
                 raise ReloadRefused("; ".join(refused[0].details.get("reasons", [])))
             self.config = new
+            self._trend_judged = None  # set points may have changed
             self.pollers.apply(new)
             log("config.reloaded", path=str(new.path), detectors=len(new.detectors))
+
+    # -- detector service (calibration, end of life) ------------------------------------------
+
+    def check_service(self) -> None:
+        """Main thread, every half second: tell the core which detectors need a look today
+        (service dates and trend warnings: the yellow light) when that changes; record each
+        warning once a day while it lasts (``detector.service_due``, ``detector.trend``) and
+        ``detector.service_ok`` when a detector has none left."""
+        try:
+            today = datetime.date.fromtimestamp(self.wall())
+            found: dict[tuple[str, str], str] = {
+                ("detector.service_due", name): text
+                for name, text in service_warnings(self.config.detectors, today).items()
+            }
+            trends = self._trend_warnings()
+            for name, warning in trends.items():
+                found[("detector.trend", name)] = warning.text
+            due: dict[str, str] = {}
+            for (_, name), text in sorted(found.items()):
+                due[name] = f"{due[name]}; {text}" if name in due else text
+            now = self.clock()
+            if due != self._service_told:
+                for name in sorted(set(self._service_told or {}) - set(due)):
+                    self.record(Event("detector.service_ok", name, now, {}))
+                self._service_told = due
+                self.submit(ServiceWarnings(now, tuple(sorted(due.items()))))
+            for key in list(self._service_recorded):
+                if key not in found:
+                    del self._service_recorded[key]
+            for (kind, name), text in sorted(found.items()):
+                if self._service_recorded.get((kind, name)) != today:
+                    self._service_recorded[(kind, name)] = today
+                    details: dict[str, Any] = {"text": text, "date": today.isoformat()}
+                    if kind == "detector.trend":
+                        details["daily_means"] = [
+                            None if m != m else m for m in trends[name].daily_means
+                        ]  # the last 7 days, oldest first; None: no data that day
+                    self.record(Event(kind, name, now, details))
+        except Exception as e:  # a warning, never a reason to stop the safety process
+            error("service.check_failed", error=repr(e))
+
+    def _trend_warnings(self) -> dict[str, TrendWarning]:
+        """The trend warnings, judged from the stored hours at most once an hour."""
+        trend = self.trend
+        if trend is None:
+            return {}
+        hour = int(self.wall() // 3600)
+        if self._trend_judged is None or self._trend_judged[0] != hour:
+            judged = {w.detector: w for w in trend.warnings(self.config)}
+            self._trend_judged = (hour, judged)
+        return self._trend_judged[1]
+
+    def rejudge_trends(self) -> None:
+        """Forget the hour's trend verdicts (after a config change or for a test)."""
+        self._trend_judged = None
 
     # -- duty check (查岗) from the fire centre -----------------------------------------------
 
@@ -432,6 +518,11 @@ class Controller:
             # Not a safety fault (the gas is not affected) but one the owner must see: the
             # alarms are not reaching their receivers.
             status["faults"].append(f"outbox: {outbox['warning']}")
+        delivery = report[3] if report is not None else None
+        status["delivery"] = delivery
+        if delivery is not None:
+            # Slow alarms and a path that is often down: warnings of the same kind.
+            status["faults"] += [f"delivery: {w}" for w in delivery.get("warnings", [])]
         expected = bool(self.config.uplink_table)
         status["uplinks_process"] = {
             "expected": expected,

@@ -206,7 +206,7 @@ def _record_handler(controller: Controller, kinds: Kinds) -> Handler:
 def _report(controller: Controller, args: dict[str, Any]) -> dict[str, Any]:
     """The uplinks process's state for the status: ``{"channels": {name: state}, "outbox":
     {rows, max_rows, ..., warning} or null}``."""
-    only_args("report", args, ("channels", "outbox"))
+    only_args("report", args, ("channels", "outbox", "delivery"))
     channels = args.get("channels")
     if not isinstance(channels, dict) or not all(isinstance(k, str) for k in channels):
         raise CommandError("report: channels must be an object of channel name -> state")
@@ -216,13 +216,25 @@ def _report(controller: Controller, args: dict[str, Any]) -> dict[str, Any]:
         or not isinstance(outbox.get("warning"), str | type(None))
     ):
         raise CommandError("report: outbox must be null or an object with a warning text or null")
+    delivery = args.get("delivery")
+    if delivery is not None and (
+        not isinstance(delivery, dict)
+        or not isinstance(delivery.get("channels"), dict)
+        or not isinstance(delivery.get("warnings"), list)
+        or not all(isinstance(w, str) for w in delivery["warnings"])
+    ):
+        raise CommandError(
+            "report: delivery must be null or an object with channels and a list of warnings"
+        )
     try:
-        size = len(json.dumps([channels, outbox], ensure_ascii=False, allow_nan=False).encode())
+        size = len(
+            json.dumps([channels, outbox, delivery], ensure_ascii=False, allow_nan=False).encode()
+        )
     except (TypeError, ValueError) as e:
         raise CommandError(f"report: channels are not plain JSON: {e}") from None
     if size > MAX_REPORT_BYTES:
         raise CommandError(f"report: {size} bytes; at most {MAX_REPORT_BYTES}")
-    controller.uplink_report = (controller.clock(), channels, outbox)
+    controller.uplink_report = (controller.clock(), channels, outbox, delivery)
     return {"reported": True}
 
 

@@ -19,15 +19,26 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from gateway.core.model import Event, Input, Outputs, SafetyPlan, Tick, ValveFeedback
+from gateway.core.model import (
+    Event,
+    FanFeedback,
+    Input,
+    Outputs,
+    PowerInput,
+    SafetyPlan,
+    Tick,
+    ValveFeedback,
+)
 from gateway.core.safety import CoreView, SafetyCore
 from gateway.drivers.annunciator import Annunciator
+from gateway.drivers.fan import ExhaustFan
+from gateway.drivers.power import PowerContacts
 from gateway.drivers.valve import ShutoffValve
 from gateway.log import error
 from gateway.store.recorder import LatchedSnapshot, RecorderItem
 
 TICK_S = 0.05  # the loop wakes at least this often to check silence and valve feedback
-FEEDBACK_SAMPLE_S = 0.02  # valve position contacts are sampled this often
+FEEDBACK_SAMPLE_S = 0.02  # valve, fan and power contacts are sampled this often
 ANSWER_TIMEOUT_S = 2.0  # how long a control request waits for the loop's answer
 
 
@@ -78,8 +89,12 @@ class SafetyLoop:
         wall: Callable[[], float] = time.time,
         first_poll_done: threading.Event | None = None,
         on_thread_start: Callable[[], object] | None = None,
+        fans: Mapping[str, ExhaustFan] | None = None,
+        power: PowerContacts | None = None,
     ) -> None:
         self.core = core
+        self.fans: Mapping[str, ExhaustFan] = fans or {}
+        self.power = power
         self._on_thread_start = on_thread_start
         self.valves = valves
         self.annunciator = annunciator
@@ -156,12 +171,10 @@ class SafetyLoop:
                 now = clock()
                 if now >= next_feedback:
                     next_feedback = now + FEEDBACK_SAMPLE_S
-                    for name, valve in self.valves.items():
-                        closed = valve.feedback_closed()
-                        if closed is not None:
-                            fb = core.handle(ValveFeedback(name, now, closed))
-                            self._apply(fb)
-                            out = _merge(out, fb)
+                    for contact in self._contacts(now):
+                        fb = core.handle(contact)
+                        self._apply(fb)
+                        out = _merge(out, fb)
                 self._publish(out, now)
                 if reply is not None:
                     reply.put(out.events)
@@ -176,12 +189,32 @@ class SafetyLoop:
             self.close_all_valves()
             error("safety.loop_failed", error=repr(e))
 
+    def _contacts(self, now: float) -> list[Input]:
+        """Every wired contact as read now: valve positions, fan run feedback, power."""
+        found: list[Input] = []
+        for name, valve in self.valves.items():
+            closed = valve.feedback_closed()
+            if closed is not None:
+                found.append(ValveFeedback(name, now, closed))
+        for name, fan in self.fans.items():
+            running = fan.running()
+            if running is not None:
+                found.append(FanFeedback(name, now, running))
+        if self.power is not None:
+            for signal, active in self.power.read().items():
+                found.append(PowerInput(signal, now, active))
+        return found
+
     def _apply(self, out: Outputs) -> None:
-        """Valves first, then lights and sounder. No disk, network or log here."""
+        """Valves first, then fans, lights and sounder. No disk, network or log here."""
         # Every time, not only on change: the driver reads its output back and corrects a
         # coil found in the wrong state (it touches the pin only when they differ).
         for name, open_ in out.valves_open.items():
             self.valves[name].command(open_)
+        for name, on in out.fans_on.items():
+            fan = self.fans.get(name)
+            if fan is not None:
+                fan.command(on)
         if self.annunciator is not None:
             self.annunciator.show(out.sounder, out.red, out.yellow, out.green)
 
@@ -213,4 +246,6 @@ def _merge(a: Outputs, b: Outputs) -> Outputs:
     """The later outputs, with the events of both in order."""
     if not a.events:
         return b
-    return Outputs(b.valves_open, b.sounder, b.red, b.yellow, b.green, a.events + b.events)
+    return Outputs(
+        b.valves_open, b.sounder, b.red, b.yellow, b.green, a.events + b.events, b.fans_on
+    )

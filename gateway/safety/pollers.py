@@ -41,7 +41,12 @@ class Pollers:
         if not detectors:
             return None
         poller = DetectorBus(
-            bus, detectors, config.timings.poll_period_s, self._deliver, clock=self._clock
+            bus,
+            detectors,
+            config.timings.poll_period_s,
+            self._deliver,
+            clock=self._clock,
+            confirm_count=config.timings.bus_confirm_count,
         )
         poller.on_thread_start = self._on_thread_start
         poller.start()
@@ -61,6 +66,7 @@ class Pollers:
                     and poller.bus == bus
                     and _on(old, bus.name) == _on(config, bus.name)
                     and old.timings.poll_period_s == config.timings.poll_period_s
+                    and old.timings.bus_confirm_count == config.timings.bus_confirm_count
                 )
                 if same and poller is not None:
                     kept.append(poller)

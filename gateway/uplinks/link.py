@@ -84,10 +84,16 @@ class SafetyLink:
             self._waiting.append(item)
             self._wake.notify()
 
-    def report(self, channels: dict[str, Any], outbox: dict[str, Any] | None = None) -> None:
-        """Tell the safety process the channels' state and the outbox's fill (best effort)."""
+    def report(
+        self,
+        channels: dict[str, Any],
+        outbox: dict[str, Any] | None = None,
+        delivery: dict[str, Any] | None = None,
+    ) -> None:
+        """Tell the safety process the channels' state, the outbox's fill and the delivery
+        statistics (best effort)."""
         try:
-            self.call("report", channels=channels, outbox=outbox)
+            self.call("report", channels=channels, outbox=outbox, delivery=delivery)
         except ControlError as e:
             warn("uplinks.report_failed", error=str(e)[:200])
 

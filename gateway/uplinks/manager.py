@@ -19,6 +19,7 @@ from gateway.paths import outbox_db
 from gateway.store.events import EventStore, EventStoreError
 from gateway.uplinks.config import UplinkConfig
 from gateway.uplinks.context import UplinkContext
+from gateway.uplinks.delivery import DeliveryWatch
 from gateway.uplinks.gb26875.channel import Gb26875Channel
 from gateway.uplinks.mqtt.channel import MqttChannel
 from gateway.uplinks.outbox import Outbox, OutboxError
@@ -34,6 +35,7 @@ class Uplinks:
         self.channels: list[Any] = []
         self._ctx: UplinkContext | None = None
         self._filling: str | None = None  # the outbox warning last recorded
+        self.delivery: DeliveryWatch | None = None
         names = cfg.channels()
         if not names:
             return
@@ -57,6 +59,7 @@ class Uplinks:
         if outbox is None:
             return
         self._ctx = ctx
+        self.delivery = DeliveryWatch(outbox, ctx.record)
         mqtt_cfg, gb_cfg, sms_cfg = self.cfg.mqtt, self.cfg.gb26875, self.cfg.sms
         # The SMS fallback texts when every IP channel is down: it watches these.
         ip_links: list[Callable[[], bool]] = []
@@ -104,6 +107,18 @@ class Uplinks:
         self._filling = fill.warning
         return fill.as_dict()
 
+    def check_delivery(self, channels: dict[str, Any]) -> dict[str, Any] | None:
+        """The delivery-time and availability summary (``gateway.uplinks.delivery``), with
+        each channel's link state as ``channels`` (``state()``) says now."""
+        if self.delivery is None:
+            return None
+        links = {name: _link_up(state) for name, state in channels.items()}
+        try:
+            return self.delivery.tick(links)
+        except (OutboxError, ValueError) as e:
+            error("uplink.delivery_failed", error=e)
+            return None
+
     def stop(self) -> None:
         """Stop the channels (before the recorder stops, so their last events are stored)."""
         for channel in self.channels:
@@ -115,6 +130,12 @@ class Uplinks:
 
     def close(self) -> None:
         """Close the outbox (after the recorder has stopped calling it)."""
+        if self.delivery is not None:
+            try:
+                self.delivery.flush()
+            except (OutboxError, ValueError) as e:
+                error("uplink.delivery_failed", error=e)
+            self.delivery = None
         if self.outbox is not None:
             self.outbox.close()
             self.outbox = None
@@ -126,3 +147,13 @@ class Uplinks:
             state = channel.state
             out[str(getattr(channel, "channel", type(channel).__name__))] = state.as_dict()
         return out
+
+
+def _link_up(state: Any) -> bool:
+    """Whether a channel's path is up, from its state: connected (MQTT, GB/T 26875.3), or the
+    modem answering (SMS)."""
+    if not isinstance(state, dict):
+        return False
+    if "connected" in state:
+        return state.get("connected") is True
+    return state.get("modem_ok") is True

@@ -76,7 +76,7 @@ FILL_CLEAR = 0.7
 CARD_RESERVE_BYTES = 64 * 1024 * 1024
 
 # Kind prefixes of the events that go first and are never dropped.
-ALARM_CLASS_PREFIXES = ("alarm.", "fault.", "valve.", "operator.reset")
+ALARM_CLASS_PREFIXES = ("alarm.", "fault.", "valve.", "fan.", "power.", "operator.reset")
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS items (
@@ -100,7 +100,28 @@ _SCHEMA = (
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL
     )""",
+    # When each alarm-class event was raised and when each channel's receiver acknowledged
+    # it (written in the acknowledging transaction, kept DELIVERY_KEEP_S): the delivery-time
+    # statistics (gateway.uplinks.delivery).
+    """CREATE TABLE IF NOT EXISTS deliveries (
+        channel TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        raised_utc REAL NOT NULL,
+        acked_utc REAL NOT NULL,
+        PRIMARY KEY (channel, seq)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS deliveries_acked ON deliveries (acked_utc)",
+    # Seconds each channel's link was up, per hour (hours since the epoch): its availability.
+    """CREATE TABLE IF NOT EXISTS uptime (
+        channel TEXT NOT NULL,
+        hour INTEGER NOT NULL,
+        up_s REAL NOT NULL,
+        total_s REAL NOT NULL,
+        PRIMARY KEY (channel, hour)
+    ) WITHOUT ROWID""",
 )
+DELIVERY_KEEP_S = 8 * 86400.0  # a little over the 7-day statistics
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +145,8 @@ class OutboxError(Exception):
 
 
 def is_alarm_class(kind: str) -> bool:
-    """True for the events that go first and are never dropped: alarms, faults, valve actions
-    and the operator's reset (accepted or refused)."""
+    """True for the events that go first and are never dropped: alarms, faults, valve and fan
+    actions, power failures and the operator's reset (accepted or refused)."""
     return kind.startswith(ALARM_CLASS_PREFIXES)
 
 
@@ -210,6 +231,7 @@ class Outbox:
         self._watchers: list[Callable[[], None]] = []
         self._backlog: list[StoredEvent] = []
         self._last_prune = 0.0
+        self._last_delivery_prune = 0.0
         self._filling = False  # fill() warned and has not cleared yet (hysteresis)
         self.last_error: str | None = None
         self.dropped = 0
@@ -592,11 +614,15 @@ class Outbox:
                 try:
                     acked = 0
                     deleted = 0
+                    now = time.time()
                     for seq in wanted:
-                        acked += conn.execute(
+                        gone = conn.execute(
                             "DELETE FROM pending WHERE channel = ? AND prio IN (0, 1) AND seq = ?",
                             (channel, seq),
                         ).rowcount
+                        acked += gone
+                        if gone:
+                            self._record_delivery(conn, channel, seq, now)
                         left = conn.execute(
                             "SELECT 1 FROM pending WHERE seq = ? LIMIT 1", (seq,)
                         ).fetchone()
@@ -618,6 +644,66 @@ class Outbox:
                 raise self._error(e, f"storing {channel}'s acknowledgements") from e
             self._rows -= deleted
             return acked
+
+    def _record_delivery(
+        self, conn: sqlite3.Connection, channel: str, seq: int, now: float
+    ) -> None:
+        """Inside the acknowledging transaction: an alarm-class event's delivery time."""
+        row = conn.execute("SELECT utc, kind, prio FROM items WHERE seq = ?", (seq,)).fetchone()
+        if row is None or int(row[2]) != 0:
+            return
+        conn.execute(
+            "INSERT OR REPLACE INTO deliveries (channel, seq, kind, raised_utc, acked_utc) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (channel, seq, str(row[1]), float(row[0]), now),
+        )
+        if now - self._last_delivery_prune > 3600.0:
+            self._last_delivery_prune = now
+            conn.execute("DELETE FROM deliveries WHERE acked_utc < ?", (now - DELIVERY_KEEP_S,))
+            conn.execute(
+                "DELETE FROM uptime WHERE hour < ?", (int((now - DELIVERY_KEEP_S) // 3600),)
+            )
+
+    def deliveries(self, since_utc: float) -> list[tuple[str, int, str, float, float]]:
+        """(channel, seq, kind, raised_utc, acked_utc) of the alarm-class events acknowledged
+        since ``since_utc``, oldest acknowledgement first."""
+        with self._lock:
+            try:
+                rows = self._conn.execute(
+                    "SELECT channel, seq, kind, raised_utc, acked_utc FROM deliveries "
+                    "WHERE acked_utc >= ? ORDER BY acked_utc",
+                    (since_utc,),
+                ).fetchall()
+            except sqlite3.Error as e:
+                raise self._error(e, "reading the delivery times") from e
+        return [(str(c), int(q), str(k), float(r), float(a)) for c, q, k, r, a in rows]
+
+    def add_uptime(self, channel: str, hour: int, up_s: float, total_s: float) -> None:
+        """Add ``up_s`` of ``total_s`` seconds to ``channel``'s ``hour`` (durable on return)."""
+        self._check_channel(channel)
+        with self._lock:
+            try:
+                self._conn.execute(
+                    "INSERT INTO uptime (channel, hour, up_s, total_s) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(channel, hour) DO UPDATE SET up_s = up_s + excluded.up_s, "
+                    "total_s = total_s + excluded.total_s",
+                    (channel, hour, up_s, total_s),
+                )
+            except sqlite3.Error as e:
+                raise self._error(e, f"storing {channel}'s uptime") from e
+
+    def uptime(self, since_hour: int) -> dict[str, tuple[float, float]]:
+        """Each channel's (up seconds, seconds counted) from ``since_hour`` on."""
+        with self._lock:
+            try:
+                rows = self._conn.execute(
+                    "SELECT channel, SUM(up_s), SUM(total_s) FROM uptime WHERE hour >= ? "
+                    "GROUP BY channel",
+                    (since_hour,),
+                ).fetchall()
+            except sqlite3.Error as e:
+                raise self._error(e, "reading the uptime") from e
+        return {str(c): (float(u), float(t)) for c, u, t in rows}
 
     def pending(self, channel: str) -> int:
         """How many events ``channel`` has not had acknowledged yet."""

@@ -196,10 +196,11 @@ class UplinkService:
             with contextlib.suppress(Exception):
                 outbox = None if self.uplinks is None else self.uplinks.check_outbox()
                 channels = self.state()
-                state = {"channels": channels, "outbox": outbox}
+                delivery = None if self.uplinks is None else self.uplinks.check_delivery(channels)
+                state = {"channels": channels, "outbox": outbox, "delivery": delivery}
                 now = self.clock()
                 if state != last or now - last_at >= REPORT_S:
-                    self.link.report(channels, outbox)
+                    self.link.report(channels, outbox, delivery)
                     last, last_at = state, now
             self._stopping.wait(REPORT_CHECK_S)
 

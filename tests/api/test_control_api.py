@@ -555,3 +555,39 @@ def test_state_changing_commands_need_a_privileged_peer(sock_path: Path, kitchen
         assert kitchen.resets == ["tech"]
     finally:
         allowed.stop()
+
+
+def test_render_status_shows_the_fans_and_the_power_when_the_site_has_them() -> None:
+    assert "Exhaust fans" not in render_status(STATUS) and "Power:" not in render_status(STATUS)
+    status = json.loads(json.dumps(STATUS))
+    status["fans"] = [
+        {
+            "name": "hood",
+            "zones": ["hot-kitchen"],
+            "commanded": "on",
+            "running": False,
+            "failed": True,
+            "reason": "high alarm at wok-1",
+        }
+    ]
+    status["power"] = {"mains": "failed", "battery": "ok"}
+    text = render_status(status)
+    hood = _line_of(text, "hood")
+    for needle in ("hot-kitchen", "on", "stopped", "FAILED", "high alarm at wok-1"):
+        assert needle in hood, needle
+    assert "Power:     mains FAILED (on battery), backup battery ok" in text
+
+
+def test_render_status_shows_each_detectors_service_dates() -> None:
+    status = json.loads(json.dumps(STATUS))
+    status["detectors"][0]["service"] = {
+        "installed": "2025-01-01",
+        "calibrated": "2025-01-02",
+        "overdue": "calibration overdue since 2026-01-02 (58 days)",
+        "text": "calibration overdue since 2026-01-02 (58 days)",
+    }
+    status["detectors"][1]["service"] = {"text": "install and calibration dates not recorded"}
+    text = render_status(status)
+    wok1 = [line for line in text.splitlines() if "2025-01-02" in line]
+    assert wok1 and "OVERDUE: calibration overdue since 2026-01-02" in wok1[0]
+    assert "Detector service" not in render_status(STATUS)

@@ -198,6 +198,23 @@ def test_mqtt_benchmark_measures_the_ack_and_the_status_behind_each_alarm(
     assert value(figures, "mqtt_replay_rate", "events/s") > 0
 
 
+def test_leak_to_valve_benchmark_compares_confirming_at_once_with_a_cycle_later(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    figures = run_quick("leak_to_valve", capsys)
+    # Not speed: the schedule. A cycle later, the confirming reading comes one whole period
+    # (0.5 s) after the first alarming one, so no leak closes the valve sooner than that.
+    assert value(figures, "leak_valve_median_next_cycle", "ms") >= 500.0
+    assert value(figures, "leak_valve_median_at_once", "ms") < value(
+        figures, "leak_valve_median_next_cycle", "ms"
+    )
+    assert value(figures, "leak_valve_p99_gain", "x") > 1.0
+    for tag in ("at_once", "next_cycle"):
+        assert value(figures, f"leak_valve_cycle_{tag}", "ms") > 0
+        value(figures, f"leak_valve_ratio_{tag}", "x")
+        value(figures, f"leak_valve_p99_{tag}", "ms")
+
+
 # -- (c) resources, (d) cold start ----------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import random
 import re
@@ -315,3 +316,29 @@ def test_atomic_write_after_a_kill_between_the_two_renames_leaves_no_temporary(
     assert path.read_text() == "a = 2\n"
     assert previous_path(path).read_text() == "a = 1\n"
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_technician_records_a_calibration_date_and_it_is_stored_in_the_config(
+    config_path: Path,
+) -> None:
+    editor = ConfigEditor(config_path)
+    message, problems = editor.edit(
+        lambda d: set_entry(
+            d, "detector", "wok-1", fields("detector", "installed=2025-03-01 calibrated=today")
+        )
+    )
+    assert problems == [] and "calibrated" in message
+    prepared = editor.prepare()
+    assert prepared.restart == ()  # applied by a reload, no restart
+    editor.commit(prepared)
+    wok1 = load_config(config_path).detectors[0]
+    assert wok1.installed == datetime.date(2025, 3, 1)
+    assert wok1.calibrated == datetime.date.today()
+    with pytest.raises(ConfigEditError, match="must be a date YYYY-MM-DD or 'today'"):
+        parse_assignments("detector", ["calibrated=1/3/2025"])
+    # A date in the future is refused by the config's own check, naming the key and range.
+    with pytest.raises(ConfigEditError) as err:
+        editor.edit(
+            lambda d: set_entry(d, "detector", "wok-1", fields("detector", "calibrated=2099-01-01"))
+        )
+    assert any("detector[0].calibrated" in p and "from 2000-01-01" in p for p in err.value.problems)

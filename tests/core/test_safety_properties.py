@@ -68,11 +68,15 @@ def plans(draw: st.DrawFn) -> SafetyPlan:
         )
         for j, zs in enumerate(valve_zones)
     )
+    # Two-detector confirmation where a zone has two or more detectors (as the config demands).
+    shared = sorted(z for z in used if sum(d.zone == z for d in detectors) >= 2)
+    two = draw(st.lists(st.sampled_from(shared), unique=True)) if shared else []
     return SafetyPlan(
         detectors=tuple(detectors),
         valves=valves,
         comm_fault_timeout_s=draw(st.floats(2.0, 20.0)),
         confirm_count=draw(st.integers(2, 5)),
+        two_detector_zones=frozenset(two),
     )
 
 
@@ -288,10 +292,26 @@ def check_step(
         assert d.latched >= dm.level or d.inhibited_until is not None, (d, dm)
         if d.fault is None or not d.fault.startswith("comm"):
             assert (d.fault is not None) == dm.sensor_fault, (d, dm)
-        # A latched alarm or an active fault closes every valve of the detector's zone.
-        if d.latched > Level.NORMAL or d.fault is not None:
+        # A latched alarm or an active fault closes every valve of the detector's zone; in a
+        # two-detector zone a lone low alarm (no fault) does not, but gas beyond the high set
+        # point always does.
+        lone_low = (
+            d.zone in plan.two_detector_zones
+            and d.fault is None
+            and d.latched == Level.LOW
+            and sum(
+                1
+                for o in view.detectors
+                if o.zone == d.zone and (o.latched > Level.NORMAL or o.fault is not None)
+            )
+            < 2
+        )
+        if (d.latched > Level.NORMAL or d.fault is not None) and not lone_low:
             for valve in valves_of_zone[d.zone]:
                 assert out.valves_open[valve] is False, (d, valve)
+        if (d.level == Level.HIGH or d.latched == Level.HIGH) and d.inhibited_until is None:
+            for valve in valves_of_zone[d.zone]:
+                assert out.valves_open[valve] is False, ("gas beyond high, valve open", d)
         # Silence is a fault, never a value.
         if model.silent_at(d.name, inp.at):
             assert d.fault is not None and d.fault.startswith("comm"), d

@@ -327,6 +327,45 @@ def test_a_silent_detector_on_a_busy_bus_costs_the_healthy_ones_no_cycles(
     assert one_silent / all_answering >= 0.85
 
 
+@pytest.mark.parametrize("confirm_count", [1, 2, 3])
+def test_an_alarming_reading_is_confirmed_at_once_not_a_cycle_later(
+    profiles: dict[str, Profile],
+    bus_emulator: MakeEmulator,
+    start_bus: StartBus,
+    deliveries: Deliveries,
+    confirm_count: int,
+) -> None:
+    """Issue 16, item 1: a reading at or above the low set point (20 %LEL here) is followed at
+    once by confirm_count - 1 more polls of that detector; a normal one is not."""
+    profile = profiles["generic-cn-kitchen"]
+    dets = [EmulatedDetector(a, profile, lel=2.0) for a in range(1, 5)]
+    emulator = bus_emulator(dets)
+    period = 0.4
+    start_bus(
+        bus_config(emulator.path),
+        [detector_config(f"d{a}", a, profile) for a in range(1, 5)],
+        period,
+        deliveries.put,
+        confirm_count=confirm_count,
+    )
+    deliveries.wait_for(is_reading("d4"))
+    dets[1].lel = 30.0
+    deliveries.wait_for(
+        lambda i: isinstance(i, Reading) and i.detector == "d2" and (i.lel or 0) >= 20
+    )
+    time.sleep(period * 2.5)
+    alarming = [r for r in deliveries.readings("d2") if (r.lel or 0) >= 20]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(alarming)]
+    # The first confirm_count alarming readings come one poll apart (~40 ms at 9600 baud),
+    # then one per cycle.
+    assert all(g < period / 4 for g in gaps[: confirm_count - 1]), gaps
+    assert all(g > period / 2 for g in gaps[confirm_count - 1 : confirm_count + 1]), gaps
+    # The healthy detectors are read once a cycle each: no confirming polls for them.
+    normal = deliveries.readings("d3")
+    normal_gaps = [b.at - a.at for a, b in itertools.pairwise(normal)]
+    assert min(normal_gaps) > period / 2
+
+
 # ---------------------------------------------------------------------------------------------
 # Schedule
 # ---------------------------------------------------------------------------------------------

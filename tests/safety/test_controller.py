@@ -3,6 +3,8 @@ the other end, real minimalmodbus and pyserial, gpiozero mock pins, the real eve
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +18,8 @@ from gateway.paths import uplink_socket
 from gateway.safety.controller import Controller
 from gateway.sim.kitchen import SimBus, SimDetector, SimulatedKitchen
 from gateway.store.events import EventStore
+from gateway.store.trendfile import read_hours, trend_path, write_hour
+from gateway.trend import Hour
 
 POLL_S = 0.2
 SILENCE_S = 1.5
@@ -229,6 +233,26 @@ def test_a_filling_outbox_reported_by_the_uplinks_is_a_fault_in_the_status(
     assert not [f for f in controller.status()["faults"] if f.startswith("outbox")]
 
 
+def test_delivery_statistics_reported_by_the_uplinks_are_shown_with_their_warnings(
+    kitchen: SimulatedKitchen, controller: Controller
+) -> None:
+    assert controller.first_poll_done.wait(5)
+    uplinks = ControlClient(uplink_socket(kitchen.config().control_socket))
+    slow = "mqtt: 1 alarm(s) acknowledged more than 10 s after they were raised in the last 24 h"
+    delivery = {
+        "channels": {"mqtt": {"24h": {"count": 3, "p50_s": 0.2, "p95_s": 12.0, "max_s": 12.0,
+                                      "availability": 0.99}}},
+        "warnings": [slow],
+    }  # fmt: skip
+    uplinks.call("report", channels={}, outbox=None, delivery=delivery)
+    status = controller.status()
+    assert status["delivery"] == delivery
+    assert f"delivery: {slow}" in status["faults"]
+    with pytest.raises(ControlError, match="delivery must be null or an object"):
+        uplinks.call("report", channels={}, outbox=None, delivery={"warnings": "slow"})
+    assert controller.status()["delivery"] == delivery
+
+
 def test_safety_loop_failure_closes_every_valve(
     kitchen: SimulatedKitchen, controller: Controller, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -327,3 +351,136 @@ def test_a_reload_that_drops_a_latched_detector_is_refused_and_the_latch_kept(
     assert wok1["latched"] != "normal"
     assert "wok-1" in [d.name for d in controller.config.detectors]
     assert "config.refused" in kinds(controller)
+
+
+# -- site inputs and outputs: the hood fan and the power contacts -------------------------------
+
+
+def test_a_leak_starts_the_hood_fan_after_the_valve_closed(
+    kitchen: SimulatedKitchen, controller: Controller
+) -> None:
+    opened(kitchen, controller)
+    assert not kitchen.fan_relay_on()
+    kitchen.set_gas("wok-1", 30.0)
+    assert wait_for(kitchen.fan_relay_on, 3), "the hood did not start on a low alarm"
+    assert not kitchen.valve_coil_energised()
+    assert wait_for(lambda: controller.status()["fans"][0]["running"] is True, 3)
+    fan = controller.status()["fans"][0]
+    assert fan["commanded"] == "on" and fan["reason"] == "low alarm at wok-1"
+    got = kinds(controller)
+    assert got.index("valve.closing") < got.index("fan.started")
+
+
+def test_a_jammed_hood_is_a_fault_in_the_status(
+    kitchen: SimulatedKitchen, tmp_path: Path
+) -> None:
+    kitchen.jam_fan("hood")
+    cfg = kitchen.config()
+    fan = dataclasses.replace(cfg.fans[0], start_confirm_s=1.0)
+    c = Controller(dataclasses.replace(cfg, fans=(fan,)), pin_factory=kitchen.factory)
+    c.start()
+    try:
+        opened(kitchen, c)
+        kitchen.set_gas("wok-2", 60.0)
+        assert wait_for(lambda: "hood: fan fault (not running when it should)"
+                        in c.status()["faults"], 4)  # fmt: skip
+        assert c.status()["lights"]["yellow"] == "flash-fault"
+        assert "fan.failed" in kinds(c)
+    finally:
+        c.stop()
+
+
+def test_a_low_battery_closes_the_valve_and_a_mains_failure_only_warns(
+    kitchen: SimulatedKitchen, controller: Controller
+) -> None:
+    opened(kitchen, controller)
+    kitchen.set_mains(True)
+    assert wait_for(lambda: controller.status()["power"]["mains"] == "failed", 4)
+    assert kitchen.valve_coil_energised()  # the battery carries the kitchen: gas stays on
+    assert "power: mains failed, running on the backup battery" in controller.status()["faults"]
+    kitchen.set_battery(True)
+    assert wait_for(lambda: not kitchen.valve_coil_energised(), 4)
+    status = controller.status()
+    assert status["power"] == {"mains": "failed", "battery": "low"}
+    assert status["valves"][0]["reason"].startswith("backup battery low")
+    assert any("backup battery low" in b for b in status["reset_blockers"])
+    got = kinds(controller)
+    assert got.index("power.mains_failed") < got.index("power.battery_low")
+
+
+def test_an_overdue_calibration_is_a_warning_recorded_once_a_day_until_it_is_done(
+    kitchen: SimulatedKitchen,
+) -> None:
+    cfg = kitchen.config()
+    overdue = dataclasses.replace(
+        cfg.detectors[0], installed=datetime.date(2025, 1, 1), calibrated=datetime.date(2025, 1, 2)
+    )
+    days = [datetime.datetime(2026, 3, 1, 10, 0), datetime.datetime(2026, 3, 1, 23, 0)]
+    days.append(datetime.datetime(2026, 3, 2, 9, 0))
+    wall = [days[0].timestamp()]
+    c = Controller(
+        dataclasses.replace(cfg, detectors=(overdue, *cfg.detectors[1:])),
+        pin_factory=kitchen.factory,
+        wall=lambda: wall[0],
+    )
+    c.start()
+    try:
+        assert wait_for(lambda: c.status()["lights"]["yellow"] == "flash-fault", 3)
+        status = c.status()
+        assert "wok-1: calibration overdue since 2026-01-02 (58 days)" in status["faults"]
+        assert status["detectors"][0]["service"]["calibration_due_days"] == -58
+        assert status["detectors"][1]["service"]["text"] == (
+            "install and calibration dates not recorded"
+        )
+        assert not status["sounder"]
+        for day in days[1:]:  # later the same day, then the next day
+            wall[0] = day.timestamp()
+            c.check_service()
+        assert kinds(c).count("detector.service_due") == 2
+        # Calibrated at the console (the config reloaded): the warning clears.
+        fresh = dataclasses.replace(overdue, calibrated=datetime.date(2026, 3, 2))
+        c.reload(dataclasses.replace(c.config, detectors=(fresh, *c.config.detectors[1:])))
+        c.check_service()
+        assert "detector.service_ok" in kinds(c)
+        assert wait_for(lambda: c.status()["lights"]["yellow"] != "flash-fault", 3)
+    finally:
+        c.stop()
+
+
+def test_the_trend_thread_stores_each_hour_of_current_readings_and_a_rise_is_reported(
+    kitchen: SimulatedKitchen,
+) -> None:
+    hour = 500_000
+    wall = [hour * 3600.0 + 10]
+    c = Controller(kitchen.config(), pin_factory=kitchen.factory, wall=lambda: wall[0])
+    c.start()
+    try:
+        assert c.first_poll_done.wait(5) and c.trend is not None
+        kitchen.set_gas("wok-1", 3.0)
+        assert wait_for(lambda: c.status()["detectors"][0]["lel"] == 3.0, 3)
+        for _ in range(3):
+            c.trend.sample()
+        wall[0] += 3600  # the next hour: the first one is written
+        assert wait_for(lambda: c.snapshot is not None and c.snapshot.wall >= wall[0], 3)
+        c.trend.sample()
+        (stored,) = read_hours(trend_path(c.config.data_dir, "wok-1"))
+        assert (stored.index, stored.mean) == (hour, 3.0)
+        # A week of slowly rising hours (written as the thread would): a trend warning.
+        path = trend_path(c.config.data_dir, "wok-2")
+        for i in range(7 * 24):
+            write_hour(path, Hour(hour - 7 * 24 + i, 0.0, 1.0 + 8.0 * i / 168, 2.0))
+        c.rejudge_trends()
+        c.check_service()
+        trend = [e for e in events(c) if e.kind == "detector.trend"]
+        assert len(trend) == 1 and trend[0].source == "wok-2"
+        assert trend[0].details["text"].startswith("slow rise below the low set point")
+        assert len(trend[0].details["daily_means"]) == 7
+        assert any(f.startswith("wok-2: slow rise") for f in c.status()["faults"])
+    finally:
+        c.stop()
+
+
+def events(controller: Controller) -> list[Any]:
+    assert controller.recorder is not None and controller.recorder.flush(5)
+    with EventStore.open_readonly(controller.events_path) as reader:
+        return reader.recent(1000)

@@ -22,7 +22,9 @@ from gateway.uplinks.gb26875.centre import GbCentre, add_parser, describe_receiv
 from gateway.uplinks.gb26875.channel import Gb26875Channel, event_app_data
 from gateway.uplinks.gb26875.codec import (
     DEVICE_ALARM,
+    DEVICE_BACKUP_FAULT,
     DEVICE_FAULT,
+    DEVICE_MAINS_FAULT,
     DEVICE_NORMAL,
     OPERATION_RESET,
     PART_ALARM,
@@ -232,6 +234,43 @@ def test_a_simulated_site_reports_test_mode_not_normal() -> None:
     device = decode_app_data(unit).objects[0]
     assert isinstance(device, DeviceStatus)
     assert device.status == DEVICE_NORMAL | DEVICE_FAULT
+
+
+def test_power_events_set_the_devices_mains_and_backup_fault_bits() -> None:
+    cfg = config(1)
+    status = site_status()
+
+    def device_status(kind: str) -> int:
+        item = OutboxItem(5, time.time(), kind, "power", {}, "NC-TEST-1-5")
+        device = decode_app_data(event_app_data(item, cfg, status)[-1]).objects[0]
+        assert isinstance(device, DeviceStatus)
+        return device.status
+
+    # The event says what its bit is now, whatever the status snapshot says.
+    assert device_status("power.mains_failed") == DEVICE_NORMAL | DEVICE_FAULT | DEVICE_MAINS_FAULT
+    assert device_status("power.battery_low") == DEVICE_NORMAL | DEVICE_FAULT | DEVICE_BACKUP_FAULT
+    assert device_status("power.restored") == DEVICE_NORMAL
+    # And the status, for every other site event while the power is still out.
+    status["power"] = {"mains": "failed", "battery": "low"}
+    status["faults"] = ["power: mains failed"]
+    bits = device_status("operator.silence")
+    assert bits & DEVICE_MAINS_FAULT and bits & DEVICE_BACKUP_FAULT and bits & DEVICE_FAULT
+
+
+def test_a_fan_fault_goes_up_as_the_devices_fault_not_as_a_gas_detector() -> None:
+    cfg = config(1)
+    status = site_status()
+    status["faults"] = ["hood: fan fault (not running when it should)"]
+    for kind, details in (
+        ("fan.failed", {"text": "no run feedback"}),
+        ("fault.cleared", {"fault": "fan"}),
+    ):
+        item = OutboxItem(6, time.time(), kind, "hood", details, "NC-TEST-1-6")
+        objs = [decode_app_data(u).objects[0] for u in event_app_data(item, cfg, status)]
+        assert [type(o) for o in objs] == [DeviceStatus], kind
+    store = OutboxItem(7, time.time(), "fault.raised", "store", {"fault": "store"}, "NC-TEST-1-7")
+    objs = [decode_app_data(u).objects[0] for u in event_app_data(store, cfg, status)]
+    assert [type(o) for o in objs] == [DeviceStatus]
 
 
 def test_an_event_with_an_impossible_time_still_goes_up_with_the_time_now() -> None:

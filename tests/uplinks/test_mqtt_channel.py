@@ -153,6 +153,24 @@ def test_event_message_follows_the_schema_and_says_it_in_chinese() -> None:
         ("fault.raised", {"fault": "comm"}, "探测器通信故障：wok-1"),
         ("valve.closed", {}, "紧急切断阀已关闭：wok-1"),
         ("something.new", {}, "事件 something.new：wok-1"),
+        (
+            "fan.started",
+            {"reason": "low alarm at wok-1"},
+            "排风机已联动启动：wok-1（low alarm at wok-1）",
+        ),
+        ("fault.raised", {"fault": "fan"}, "排风机故障：wok-1"),
+        ("power.mains_failed", {}, "主电源故障（备用电源供电）"),
+        ("power.battery_low", {}, "备用电源电量低：紧急切断阀已关闭"),
+        (
+            "cylinder.recorded",
+            {"kg": 50, "state": "in-use", "place": "kitchen"},
+            "液化气钢瓶登记（一瓶一码）：wok-1，50 kg，在用，kitchen",
+        ),
+        (
+            "detector.service_due",
+            {"text": "calibration overdue since 2026-01-02 (58 days)"},
+            "探测器标定已过期，请尽快标定：wok-1",
+        ),
     ],
 )
 def test_every_kind_gets_a_text(kind: str, details: dict[str, Any], zh: str) -> None:
@@ -325,6 +343,7 @@ def test_status_is_retained_answers_a_request_and_nothing_else_is_obeyed(
         "zone": "hot-kitchen",
         "latched": "normal",
         "fault": None,
+        "service": None,  # the fake status has no service dates
     }
     assert c.status["detectors"]["fryer"]["lel"] is None  # comm fault: no value, not a stale one
     assert c.status["valves"]["main"]["state"] == "closed"
@@ -368,9 +387,7 @@ def test_a_site_with_a_centre_keeps_the_end_to_end_ack_by_default(
     mosquitto: Mosquitto, uplink_site: Callable[..., UplinkSite], started: Callable[..., Any]
 ) -> None:
     site = uplink_site()
-    channel = started(
-        MqttChannel(mqtt_config(mosquitto, ack_timeout_s=0.3), site.outbox, site.ctx)
-    )
+    channel = started(MqttChannel(mqtt_config(mosquitto, ack_timeout_s=0.3), site.outbox, site.ctx))
     site.emit("alarm.raised", "wok-1", level="high", lel=62.0, zone="hot-kitchen")
     assert wait_for(lambda: channel.state.resent >= 1, 5)
     # The broker has the event, but only the centre's ack is a delivery.

@@ -57,7 +57,9 @@ from gateway.uplinks.context import UplinkContext
 from gateway.uplinks.gb26875.codec import (
     ANALOG_GAS_CONCENTRATION,
     DEVICE_ALARM,
+    DEVICE_BACKUP_FAULT,
     DEVICE_FAULT,
+    DEVICE_MAINS_FAULT,
     DEVICE_NORMAL,
     OPERATION_DUTY_ANSWER,
     OPERATION_RESET,
@@ -102,7 +104,18 @@ SITE_KINDS = (
     "operator.reset_refused",
     "operator.silence",
     "operator.duty_answer",
+    "power.mains_failed",
+    "power.restored",
+    "power.battery_low",
+    "power.battery_ok",
+    "fan.started",
+    "fan.run_on",
+    "fan.stopped",
+    "fan.failed",
 )
+# Faults of things that are not parts the centre knows (no detector, no valve): reported as the
+# transmission device's status, with its fault bit.
+SITE_FAULTS = ("fan", "store")
 OPERATION_FLAGS = {
     "operator.reset": OPERATION_RESET,
     "operator.silence": OPERATION_SILENCE,
@@ -186,6 +199,12 @@ def _is_valve_event(item: OutboxItem, parts: _Parts) -> bool:
     return item.source in parts.valves and item.source not in parts.detectors
 
 
+def _is_site_event(item: OutboxItem) -> bool:
+    if item.kind in SITE_KINDS:
+        return True
+    return item.kind.startswith("fault.") and item.details.get("fault") in SITE_FAULTS
+
+
 def _is_detector_event(item: OutboxItem, parts: _Parts) -> bool:
     return item.kind.startswith(("alarm.", "fault.")) and item.source != "site"
 
@@ -216,16 +235,37 @@ def _event_time(utc: float, offset_h: float) -> GbTime:
         return GbTime.from_utc(time.time(), offset_h)
 
 
-def device_status_bits(status: dict[str, Any] | None) -> int:
-    """Type 21 status byte from the controller's status. Without a status (controller not
-    answering) the fault bit is set: we cannot say all is well."""
+# A power event says what its bit is now, whatever the status snapshot (taken a moment
+# earlier or later) says: (bit, set).
+POWER_BITS = {
+    "power.mains_failed": (DEVICE_MAINS_FAULT, True),
+    "power.restored": (DEVICE_MAINS_FAULT, False),
+    "power.battery_low": (DEVICE_BACKUP_FAULT, True),
+    "power.battery_ok": (DEVICE_BACKUP_FAULT, False),
+}
+
+
+def device_status_bits(status: dict[str, Any] | None, event_kind: str | None = None) -> int:
+    """Type 21 status byte from the controller's status (and the event being reported, for a
+    power event). Without a status (controller not answering) the fault bit is set: we cannot
+    say all is well."""
     if status is None:
-        return DEVICE_NORMAL | DEVICE_FAULT
-    bits = 0 if status.get("simulated") else DEVICE_NORMAL
-    if status.get("alarms"):
-        bits |= DEVICE_ALARM
-    if status.get("faults"):
-        bits |= DEVICE_FAULT
+        bits = DEVICE_NORMAL | DEVICE_FAULT
+    else:
+        bits = 0 if status.get("simulated") else DEVICE_NORMAL
+        if status.get("alarms"):
+            bits |= DEVICE_ALARM
+        if status.get("faults"):
+            bits |= DEVICE_FAULT
+        power = status.get("power") or {}
+        if isinstance(power, dict):
+            if power.get("mains") == "failed":
+                bits |= DEVICE_MAINS_FAULT
+            if power.get("battery") == "low":
+                bits |= DEVICE_BACKUP_FAULT
+    if event_kind in POWER_BITS:
+        bit, on = POWER_BITS[event_kind]
+        bits = (bits | bit | DEVICE_FAULT) if on else (bits & ~bit)
     return bits
 
 
@@ -238,6 +278,13 @@ def event_app_data(
     parts = _Parts.of(status)
     at = _event_time(item.utc, cfg.utc_offset_h)
     normal = 0 if parts.simulated else PART_NORMAL  # bit0: 1 normal, 0 test (simulated site)
+    if _is_site_event(item):
+        out = []
+        flags = OPERATION_FLAGS.get(item.kind)
+        if flags is not None:
+            out.append(app_data(DeviceOperation(flags, 0, at)))
+        out.append(app_data(DeviceStatus(device_status_bits(status, item.kind), at)))
+        return out
     if _is_valve_event(item, parts):
         name = item.source
         current = parts.valves.get(name, {})
@@ -326,13 +373,6 @@ def event_app_data(
                     )
                 )
             )
-        return out
-    if item.kind in SITE_KINDS:
-        out = []
-        flags = OPERATION_FLAGS.get(item.kind)
-        if flags is not None:
-            out.append(app_data(DeviceOperation(flags, 0, at)))
-        out.append(app_data(DeviceStatus(device_status_bits(status), at)))
         return out
     return []
 

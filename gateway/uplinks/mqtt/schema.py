@@ -82,12 +82,30 @@ STATUS_SCHEMA: dict[str, Any] = {
         "detectors": {
             "type": "object",
             "description": "by name: {label (display name, any language), state, lel (null when "
-            "not known), over_range, zone, latched, fault}",
+            "not known), over_range, zone, latched, fault, service (installed, calibrated, "
+            "calibration_due, calibration_due_days, end_of_life, end_of_life_days, overdue, "
+            "text; null dates when not recorded)}",
         },
         "valves": {
             "type": "object",
             "description": "by name: {label, state (open, closed, opening, closing, stuck-open, "
             "stuck-closed), commanded, feedback, failed, reason}",
+        },
+        "fans": {
+            "type": "object",
+            "description": "by name: {label, commanded (on, off), running (the run-feedback "
+            "contact, null without one), failed, reason}",
+        },
+        "power": {
+            "type": "object",
+            "description": "{mains: ok, failed or null (no contact wired), battery: ok, low or "
+            "null}",
+        },
+        "delivery": {
+            "type": ["object", "null"],
+            "description": "{channels: {name: {24h, 7d: {count, p50_s, p95_s, max_s, "
+            "availability}}}, warnings: [text]}: alarm-class events raised -> acknowledged by "
+            "each channel's receiver, and the share of the time each path was up",
         },
         "alarms": {"type": "array", "items": {"type": "string"}},
         "faults": {"type": "array", "items": {"type": "string"}},
@@ -170,6 +188,8 @@ def event_texts(kind: str, source: str, details: dict[str, Any]) -> tuple[str, s
             return f"探测器通信故障：{source}", f"Detector communication fault: {source}"
         if fault == "valve":
             return f"切断阀故障：{source}", f"Shutoff valve fault: {source}"
+        if fault == "fan":
+            return f"排风机故障：{source}", f"Exhaust fan fault: {source}"
         text = details.get("text")
         extra = f"（{text}）" if text else ""
         return f"探测器故障：{source}{extra}", f"Detector fault: {source}" + (
@@ -210,6 +230,73 @@ def event_texts(kind: str, source: str, details: dict[str, Any]) -> tuple[str, s
         )
     if kind == "uplink.outbox_ok":
         return "上传队列恢复正常", "Outbox back to normal"
+    if kind == "uplink.delivery_slow":
+        return (
+            f"报警上传超时：{source} 通道 {details.get('after_s')} 秒后才确认",
+            f"Alarm delivery slow: {source} acknowledged after {details.get('after_s')} s",
+        )
+    if kind == "uplink.availability_low":
+        return (
+            f"上传通道可用率低于 95%：{source}",
+            f"Uplink availability below 95 %: {source}",
+        )
+    if kind == "hazard.opened":
+        remark = str(details.get("remark", ""))
+        return (
+            f"登记隐患 {source}：{remark}（整改期限 {details.get('deadline', '')}）",
+            f"Hazard {source} opened: {remark} (due {details.get('deadline', '')})",
+        )
+    if kind == "hazard.overdue":
+        return f"隐患整改逾期：{source}", f"Hazard overdue: {source}"
+    if kind == "hazard.closed":
+        return f"隐患已整改销号：{source}", f"Hazard closed: {source}"
+    if kind in ("cylinder.recorded", "cylinder.changed"):
+        state = {"in-use": "在用", "spare": "备用", "empty": "空瓶"}.get(
+            str(details.get("state")), str(details.get("state"))
+        )
+        return (
+            f"液化气钢瓶登记（一瓶一码）：{source}，{details.get('kg')} kg，{state}，"
+            f"{details.get('place')}",
+            f"LPG cylinder {source}: {details.get('kg')} kg, {details.get('state')} at "
+            f"{details.get('place')}",
+        )
+    if kind == "cylinder.removed":
+        return f"液化气钢瓶已离场：{source}", f"LPG cylinder left the site: {source}"
+    if kind == "detector.service_due":
+        text = str(details.get("text", ""))
+        if text.startswith("end of service life"):
+            zh = f"探测器已超过使用年限，请更换：{source}"
+        else:
+            zh = f"探测器标定已过期，请尽快标定：{source}"
+        return zh, f"Detector needs service: {source} ({text})"
+    if kind == "detector.service_ok":
+        return f"探测器维护已完成：{source}", f"Detector service done: {source}"
+    if kind == "fan.started":
+        why = str(details.get("reason", ""))
+        return (
+            f"排风机已联动启动：{source}" + (f"（{why}）" if why else ""),
+            f"Exhaust fan started: {source}" + (f" ({why})" if why else ""),
+        )
+    if kind == "fan.run_on":
+        return f"排风机延时运行：{source}", f"Exhaust fan running on: {source}"
+    if kind == "fan.stopped":
+        return f"排风机已停止：{source}", f"Exhaust fan stopped: {source}"
+    if kind == "fan.failed":
+        return (
+            f"排风机故障（未按指令运行）：{source}",
+            f"Exhaust fan failed to run: {source}",
+        )
+    if kind == "power.mains_failed":
+        return "主电源故障（备用电源供电）", "Mains power failed (running on the backup battery)"
+    if kind == "power.restored":
+        return "主电源已恢复", "Mains power restored"
+    if kind == "power.battery_low":
+        return (
+            "备用电源电量低：紧急切断阀已关闭",
+            "Backup battery low: shutoff valves closed",
+        )
+    if kind == "power.battery_ok":
+        return "备用电源已恢复正常", "Backup battery back to normal"
     return f"事件 {kind}：{source}", f"Event {kind}: {source}"
 
 
@@ -257,6 +344,7 @@ def status_message(site_id: str, status: dict[str, Any], utc: float) -> dict[str
                 "zone": d.get("zone"),
                 "latched": d.get("latched"),
                 "fault": d.get("fault"),
+                "service": d.get("service"),
             }
     valves: dict[str, Any] = {}
     for v in status.get("valves", []):
@@ -269,6 +357,17 @@ def status_message(site_id: str, status: dict[str, Any], utc: float) -> dict[str
                 "failed": v.get("failed"),
                 "reason": v.get("reason"),
             }
+    fans: dict[str, Any] = {}
+    for f in status.get("fans", []):
+        if isinstance(f, dict) and "name" in f:
+            fans[str(f["name"])] = {
+                "label": str(f.get("label") or f["name"]),
+                "commanded": f.get("commanded"),
+                "running": f.get("running"),
+                "failed": f.get("failed"),
+                "reason": f.get("reason"),
+            }
+    power = status.get("power")
     alarms = [str(a) for a in status.get("alarms", [])]
     faults = [str(f) for f in status.get("faults", [])]
     return {
@@ -281,6 +380,9 @@ def status_message(site_id: str, status: dict[str, Any], utc: float) -> dict[str
         "fault": bool(faults),
         "detectors": detectors,
         "valves": valves,
+        "fans": fans,
+        "power": dict(power) if isinstance(power, dict) else {"mains": None, "battery": None},
+        "delivery": status.get("delivery"),
         "alarms": alarms,
         "faults": faults,
     }
