@@ -26,6 +26,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from gateway.stats import percentile
+
+__all__ = ["Figure", "emit", "median", "note", "parse_figures", "percentile"]
+
 # name: value unit (the unit is one word without spaces: ms, x, MB, %, trials, polls/s)
 FIGURE_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_]*): (\S+) (\S+)$")
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -112,15 +116,3 @@ def median(values: Sequence[float]) -> float:
     if len(ordered) % 2:
         return ordered[mid]
     return (ordered[mid - 1] + ordered[mid]) / 2
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0 < q <= 100) by the nearest-rank method: the smallest value
-    with at least q % of the values at or below it (p99 of 500 values is the 495th)."""
-    if not values:
-        raise ValueError(f"p{q:g} of no values: at least one measurement is needed")
-    if not 0 < q <= 100:
-        raise ValueError(f"percentile {q!r} is not allowed: 0 < q <= 100")
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]

@@ -700,10 +700,10 @@ class SafetyCore:
         # Fail safe: an alarm or any fault we cannot rule out closes the zone's valves. In a
         # two-detector zone a low alarm alone only warns; a second one (or a high alarm, or a
         # fault) closes.
-        lows: dict[str, int] = {}
+        votes: dict[str, int] = {}
         for det in self._detectors.values():
             if det.latched > Level.NORMAL or det.fault is not None:
-                lows[det.plan.zone] = lows.get(det.plan.zone, 0) + 1
+                votes[det.plan.zone] = votes.get(det.plan.zone, 0) + 1
         for det in self._detectors.values():
             if det.latched == Level.NORMAL and det.fault is None:
                 continue
@@ -711,7 +711,7 @@ class SafetyCore:
                 det.plan.zone in self._plan.two_detector_zones
                 and det.fault is None
                 and det.latched == Level.LOW
-                and lows[det.plan.zone] < 2
+                and votes[det.plan.zone] < 2
             ):
                 continue
             for valve in self._zone_valves.get(det.plan.zone, ()):
@@ -722,7 +722,7 @@ class SafetyCore:
                     ):
                         why = (
                             f"{det.latched.name.lower()} alarm at {det.plan.name} "
-                            f"({lows[det.plan.zone]} detectors of {det.plan.zone})"
+                            f"({votes[det.plan.zone]} detectors of {det.plan.zone})"
                         )
                     elif det.latched > Level.NORMAL:
                         why = f"{det.latched.name.lower()} alarm at {det.plan.name}"

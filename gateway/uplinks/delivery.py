@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.core.model import Event
+from gateway.stats import percentile
 from gateway.uplinks.outbox import Outbox
 
 SLOW_ALARM_S = 10.0  # GB 26875.1: an alarm reaches the monitoring centre within 10 s
@@ -33,12 +34,6 @@ MIN_AVAILABILITY = 0.95
 DAY_S = 86400.0
 WEEK_S = 7 * DAY_S
 SUMMARY_EVERY_S = 10.0  # the summary is worked out again at most this often
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile of a non-empty list."""
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
 
 
 def _times(values: list[float]) -> dict[str, Any]:
