@@ -111,6 +111,7 @@ class SiteFile:
     extra: str = ""  # TOML appended as is (e.g. ``[uplink.*]`` tables)
     fans: Sequence[FanSpec] = ()
     power: PowerSpec | None = None
+    profiles_dir: str | None = None  # None: this installation's profiles (default_profiles_dir)
 
 
 def toml_value(value: object) -> str:
@@ -137,7 +138,8 @@ def _table(header: str, items: Mapping[str, object]) -> list[str]:
 def render(spec: SiteFile) -> str:
     """The config file's text."""
     pins = spec.pins
-    lines = [f"# {spec.comment}", f"profiles_dir = {toml_value(str(default_profiles_dir()))}"]
+    profiles = spec.profiles_dir or str(default_profiles_dir())
+    lines = [f"# {spec.comment}", f"profiles_dir = {toml_value(profiles)}"]
     site: dict[str, object] = {"id": spec.site_id, "name": spec.site_name}
     if spec.site_address:
         site["address"] = spec.site_address
