@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench lint typecheck firmware unit hil clean deps system-deps
+.PHONY: demo test bench lint typecheck firmware unit hil vm-deps clean deps system-deps
 
 # What the tests need from Debian / Raspberry Pi OS, as "command:package". `make deps` installs
 # the missing ones with apt-get when it runs as root (or with passwordless sudo); otherwise it
@@ -58,11 +58,21 @@ firmware: deps
 
 test: deps lint typecheck firmware unit
 
-# The hardware-in-the-loop suite (the sim rig also runs in `make test`). On a real rig:
+# The hardware-in-the-loop suite (the sim rig also runs in `make test`):
+#   make hil                   the sim rig
+#   make hil RIG=vm            gasguard installed in a Debian guest in QEMU (as root: builds and
+#                              caches the guest image under build/vm/ on its first run)
 #   make hil HIL_ARGS="--rig hw --fixture-port /dev/ttyACM0 --bus-port /dev/ttyAMA0"
-hil: deps
+RIG ?= sim
+VM_DEPS := qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils debootstrap:debootstrap \
+	mkfs.ext4:e2fsprogs
+
+vm-deps:
+	@$(MAKE) --no-print-directory system-deps SYSTEM_DEPS="$(VM_DEPS)"
+
+hil: deps $(if $(filter vm,$(RIG)),vm-deps)
 	rm -f build/hil/report.txt
-	$(PY) -m pytest hil_tests -q --junitxml=build/hil/junit.xml --hil-report=build/hil/report.txt $(HIL_ARGS)
+	$(PY) -m pytest hil_tests -q --rig $(RIG) --junitxml=build/hil/junit.xml --hil-report=build/hil/report.txt $(HIL_ARGS)
 	@if [ -f build/hil/report.txt ]; then cat build/hil/report.txt; fi
 
 bench: deps

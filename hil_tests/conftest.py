@@ -26,9 +26,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("hil", "hardware-in-the-loop rig")
     group.addoption(
         "--rig",
-        choices=("sim", "hw"),
+        choices=("sim", "vm", "hw"),
         default="sim",
-        help="sim: fixture firmware on this host (default); hw: a real Pi + Pico",
+        help="sim: fixture firmware on this host (default); vm: gasguard installed in a Debian "
+        "guest in QEMU (test_vm.py, as root); hw: a real Pi + Pico",
+    )
+    group.addoption(
+        "--vm-arch",
+        choices=("x86_64", "aarch64"),
+        default="x86_64",
+        help="vm rig: the guest's architecture (aarch64 is the Pi's; slower under TCG)",
     )
     group.addoption(
         "--fixture-port", default="/dev/ttyACM0", help="hw rig: the Pico's USB CDC port"
@@ -65,7 +72,12 @@ class Timings:
         head = (
             f"gasguard HIL timings, rig={self.rig}, host={platform.node()}, "
             f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-            "All intervals on the fixture's clock (ticks_us).\n\n"
+            + (
+                "All intervals on the host's clock (time.monotonic), the guest read through "
+                "its agent.\n\n"
+                if self.rig == "vm"
+                else "All intervals on the fixture's clock (ticks_us).\n\n"
+            )
         )
         width = max((len(r.scenario) for r in self.rows), default=8)
         body = "".join(
@@ -112,6 +124,8 @@ def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     last test (the sim rig's firmware shares the one fake ``machine`` module of the process,
     which tests/firmware/test_firmware.py also uses)."""
     kind = request.config.getoption("--rig")
+    if kind == "vm":
+        pytest.skip("needs the fixture board (sim or hw rig); the vm rig runs test_vm.py")
     workdir = tmp_path_factory.mktemp("rig")
     made: Rig
     if kind == "hw":
