@@ -433,6 +433,10 @@ def build(image: Image, log: Path | None = None) -> Image:
             shutil.rmtree(image.directory)
         work.rename(image.directory)
         (image.directory / "ready").write_text(f"{time.ctime()}\n")
+        # The images this one replaces (3 GB sparse each): their inputs are gone.
+        for old in CACHE.glob(f"{arch.name}-*"):
+            if old != image.directory and (old / "ready").exists():
+                shutil.rmtree(old, ignore_errors=True)
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
