@@ -58,6 +58,32 @@ class _Channel:
         line, _, self._buf = self._buf.partition(b"\n")
         return line
 
+    def _message(self, deadline: float) -> dict[str, Any]:
+        # 0xFF: the guest agent's delimiter after a sync (QMP never sends it).
+        message: dict[str, Any] = json.loads(self._line(deadline).lstrip(b"\xff"))
+        return message
+
+    def _event(self, message: dict[str, Any]) -> None:
+        """An asynchronous event read while waiting for an answer (QMP only)."""
+
+    def execute(
+        self, command: str, arguments: dict[str, Any] | None = None, timeout_s: float = 10.0
+    ) -> Any:
+        """Run ``command``; its ``return`` value, or ProtocolError with QEMU's error."""
+        request: dict[str, Any] = {"execute": command}
+        if arguments:
+            request["arguments"] = arguments
+        self._send(request)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            message = self._message(deadline)
+            if "event" in message:
+                self._event(message)
+            elif "error" in message:
+                raise ProtocolError(f"{self.path.name} {command}: {message['error']}")
+            elif "return" in message:
+                return message["return"]
+
 
 @dataclass(frozen=True, slots=True)
 class MachineEvent:
@@ -79,28 +105,10 @@ class Monitor(_Channel):
             raise ProtocolError(f"{path.name}: not a QMP greeting: {greeting}")
         self.execute("qmp_capabilities")
 
-    def _message(self, deadline: float) -> dict[str, Any]:
-        message: dict[str, Any] = json.loads(self._line(deadline))
-        return message
-
-    def execute(
-        self, command: str, arguments: dict[str, Any] | None = None, timeout_s: float = 10.0
-    ) -> Any:
-        request: dict[str, Any] = {"execute": command}
-        if arguments:
-            request["arguments"] = arguments
-        self._send(request)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            message = self._message(deadline)
-            if "event" in message:
-                self.events.append(
-                    MachineEvent(message["event"], message.get("data", {}), time.monotonic())
-                )
-            elif "error" in message:
-                raise ProtocolError(f"QMP {command}: {message['error']}")
-            elif "return" in message:
-                return message["return"]
+    def _event(self, message: dict[str, Any]) -> None:
+        self.events.append(
+            MachineEvent(message["event"], message.get("data", {}), time.monotonic())
+        )
 
     def poll_events(self, wait_s: float = 0.0) -> list[MachineEvent]:
         """Read the events that arrived (waiting up to ``wait_s`` for one); all seen so far."""
@@ -113,9 +121,7 @@ class Monitor(_Channel):
                     return self.events
                 raise
             if "event" in message:
-                self.events.append(
-                    MachineEvent(message["event"], message.get("data", {}), time.monotonic())
-                )
+                self._event(message)
                 wait_s = 0.0
 
 
@@ -161,18 +167,6 @@ class GuestAgent(_Channel):
                 continue
             if message.get("return") == token:
                 return
-
-    def execute(
-        self, command: str, arguments: dict[str, Any] | None = None, timeout_s: float = 10.0
-    ) -> Any:
-        request: dict[str, Any] = {"execute": command}
-        if arguments:
-            request["arguments"] = arguments
-        self._send(request)
-        message = json.loads(self._line(time.monotonic() + timeout_s).lstrip(b"\xff"))
-        if "error" in message:
-            raise ProtocolError(f"guest agent {command}: {message['error']}")
-        return message.get("return")
 
     def start(self, argv: list[str] | tuple[str, ...]) -> int:
         """Start ``argv`` in the guest and return its pid without waiting (a reboot: the
