@@ -24,8 +24,9 @@ An upgrade never leaves the kitchen without a working controller if it can help 
    (``Type=notify``: after its first complete poll) within the start timeout and stay up, not
    restarted, for a settle time (a heartbeat failure shows within 2 x WatchdogSec);
 4. otherwise the switch is undone: ``current`` back, the units back, and, if the schema was
-   migrated, the pre-upgrade event log restored (the migrated file is kept beside it as
-   evidence); the old version is started and must reach READY again.
+   migrated, the pre-upgrade event log restored with the events the failed version recorded
+   copied in (their numbers kept: they may be upstream already); the migrated file is kept
+   beside it as evidence. The old version is started and must reach READY again.
 
 Only the standard library is used, so ``sudo python3 -m gateway.appliance.install`` works from a
 source checkout before any venv exists. User and group creation, ``chown``, ``udevadm`` and
@@ -165,17 +166,21 @@ class Layout:
         return self.at(data_dir) / EVENTS_DB
 
 
-def share_dir() -> Path:
-    """The ``config/`` directory shipped with this source tree (example config, profiles,
-    units, udev rule)."""
-    here = Path(__file__).resolve().parents[2] / "config"
+def share_dir(source: Path | None = None) -> Path:
+    """The ``config/`` directory (example config, profiles, units, udev rule) of the release
+    being installed: the ``--source`` tree's when one is given (an upgrade run by the installed
+    ``gasguard`` installs the new release's units, not its own), else this source tree's."""
+    tree = source.resolve() if source is not None else Path(__file__).resolve().parents[2]
+    here = tree / "config"
     needed = ("gasguard.example.toml", "profiles", "systemd/gasguard-safety.service")
     if all((here / n).exists() for n in needed):
         return here
-    raise InstallError(
-        f"the shipped files are not at {here} (need {', '.join(needed)}): run the install from "
-        "a gasguard source tree (git clone or release tarball)"
+    hint = (
+        "give the release's source tree with --source DIR (git clone or release tarball)"
+        if source is None
+        else f"{source} is not a gasguard source tree (git clone or release tarball)"
     )
+    raise InstallError(f"the shipped files are not at {here} (need {', '.join(needed)}): {hint}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,7 +469,7 @@ class Installer:
                 "installing into / needs root: run it with sudo (or give --prefix DIR to "
                 "install into a throwaway root)"
             )
-        share = share_dir()
+        share = share_dir(self.opts.source)
         previous = L.current_version()
         if self.opts.upgrade_only and previous is None:
             raise InstallError(
@@ -475,7 +480,7 @@ class Installer:
         model = detect_model(L.prefix if not L.real else Path("/"))
         self.out(f"  board   {model.text or 'not a Raspberry Pi'}")
 
-        new_dir, _version = self.make_venv()
+        new_dir, _version = self.make_venv(share)
         try:
             self.check_config_with(new_dir, share)
         except InstallError:
@@ -497,8 +502,9 @@ class Installer:
 
     # -- venv ------------------------------------------------------------------------------------
 
-    def make_venv(self) -> tuple[Path, str]:
-        """The new version's venv below versions/, and its version."""
+    def make_venv(self, share: Path) -> tuple[Path, str]:
+        """The new version's venv below versions/, and its version; built from the source
+        tree that ``share`` (its ``config/``) belongs to, unless ``--venv`` gave one."""
         L = self.layout
         L.versions_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(L.app_dir, 0o755)
@@ -514,7 +520,7 @@ class Installer:
             target.symlink_to(venv, target_is_directory=True)
             self.say("venv", f"{target.name}: using {venv} (gasguard {version})")
             return target, version
-        source = self.opts.source or share_dir().parent
+        source = share.parent
         version = _source_version(source)
         target = _free_name(L.versions_dir, version)
         self.say("venv", f"{target.name}: building from {source} (a minute or two on a Pi)")
@@ -717,6 +723,13 @@ class Installer:
 
     # -- start and upgrade -----------------------------------------------------------------------
 
+    def _to_disk(self) -> None:
+        """Everything written so far (the venv, units, ``current``, the event log) on the disk
+        before a service starts: a power cut must find one whole version, not a new link to
+        files still in the page cache (ext4 writes new files' data up to 30 s later)."""
+        if self.layout.real:
+            os.sync()
+
     def _service(self) -> Service:
         if self.service is None:
             if not self.system:
@@ -728,6 +741,7 @@ class Installer:
 
     def first_start(self) -> int:
         service = self._service()
+        self._to_disk()
         service.start()
         ok, why = service.wait_ready(self.opts.start_timeout_s, self.opts.settle_s)
         self.say("start" if ok else "FAIL", why)
@@ -767,6 +781,7 @@ class Installer:
         self.system_files(share)
         self.switch(new_dir)
         self.bin_link()
+        self._to_disk()
         service.start()
         ok, why = service.wait_ready(self.opts.start_timeout_s, self.opts.settle_s)
         if ok:
@@ -786,6 +801,7 @@ class Installer:
         return self._restart_previous(service, previous, failed=new_dir.name)
 
     def _restart_previous(self, service: Service, previous: str, failed: str) -> int:
+        self._to_disk()
         service.start()
         ok, why = service.wait_ready(self.opts.start_timeout_s, self.opts.settle_s)
         if ok:
@@ -838,18 +854,30 @@ class Installer:
     def restore_store(self, db: Path, backup: Path, failed: str) -> None:
         """Put the pre-upgrade event log back; keep the migrated one beside it (evidence: it
         holds what the failed version recorded)."""
+        # Imported here: the rest of the installer runs on the standard library alone.
+        from gateway.store.events import EventStore, EventStoreError
+
         stamp = time.strftime("%Y%m%dT%H%M%S")
+        kept = Path(f"{db}.failed-{failed}-{stamp}")
         for suffix in ("", "-wal", "-shm"):
             part = Path(str(db) + suffix)
             if part.exists():
                 # A stale -wal next to the restored file would be replayed into it.
-                os.replace(part, Path(f"{db}.failed-{failed}-{stamp}{suffix}"))
-        shutil.copyfile(backup, db)
+                os.replace(part, Path(f"{kept}{suffix}"))
+        _durable_copy(backup, db)
+        # What the failed version recorded (an alarm, say) comes back with its numbers: it may
+        # be upstream already, or still waiting to go; either way it is not lost, and no
+        # number is handed out twice.
+        try:
+            with EventStore(db) as store:
+                taken = store.take_back(kept)
+            carried = f"{taken} event(s) the failed version recorded carried over"
+        except EventStoreError as e:
+            carried = f"the failed version's events NOT carried over: {e}"
         self._own_store(db)
         self.say(
             "restore",
-            f"{db} from {backup.name} (the migrated file kept as "
-            f"{db.name}.failed-{failed}-{stamp})",
+            f"{db} from {backup.name}, {carried} (the migrated file kept as {kept.name})",
         )
 
     def _own_store(self, db: Path) -> None:
@@ -896,6 +924,21 @@ def _ask(question: str) -> bool:
     if not sys.stdin.isatty():
         return False
     return input(question).strip().lower() in ("y", "yes")
+
+
+def _durable_copy(src: Path, dst: Path) -> None:
+    """Copy ``src`` over ``dst`` so that a power cut leaves the old file or the whole new one:
+    a temporary file, fsync, rename, fsync of the directory."""
+    tmp = dst.with_name(dst.name + ".restoring")
+    shutil.copyfile(src, tmp)
+    with tmp.open("rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, dst)
+    fd = os.open(dst.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _free_name(directory: Path, version: str) -> Path:

@@ -350,6 +350,49 @@ class EventStore(EventReader):
             (SEQ_FLOOR_KEY, json.dumps(floor), time.time()),
         )
 
+    def take_back(self, other: Path) -> int:
+        """Copy into this log the events of ``other`` numbered above this log's newest, with
+        their numbers; the number of events copied. For a rollback after a failed upgrade: this
+        log is the pre-upgrade backup put back, ``other`` the log the failed version wrote,
+        whose events may already be upstream (receivers de-duplicate by site and number, so a
+        number must never come back for another event) or not yet (they must not be lost).
+        When ``other``'s events cannot be read in this schema's columns, none is copied and the
+        numbering still continues above ``other``'s highest number. Raises EventStoreError."""
+        uri = Path(other).resolve().as_uri() + "?mode=ro"
+        conn = self._conn
+        try:
+            conn.execute("ATTACH DATABASE ? AS other", (uri,))
+        except sqlite3.Error as e:
+            raise EventStoreError(f"event store {other}: cannot read it: {e}") from e
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                newest = _read_last_seq(conn)
+                try:
+                    copied = conn.execute(
+                        "INSERT INTO main.events (seq, utc, kind, source, details) "
+                        "SELECT seq, utc, kind, source, details FROM other.events "
+                        "WHERE seq > ? ORDER BY seq",
+                        (newest,),
+                    ).rowcount
+                except sqlite3.OperationalError:
+                    copied = 0  # another schema's columns: keep the numbers apart at least
+                other_last = _read_last_seq_in(conn, "other")
+                if other_last > _read_last_seq(conn):
+                    self._put_floor(other_last)
+                conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        except sqlite3.Error as e:
+            raise self._error(e, f"taking back the events of {other}") from e
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("DETACH DATABASE other")
+            self._rows_now = None
+            self._last_seq = None
+        return int(copied)
+
     def _rollback(self) -> None:
         # The original error says more; SQLite rolls back by itself after an I/O error.
         if self._conn.in_transaction:
@@ -497,16 +540,25 @@ def last_seq_of(path: Path) -> int:
 def _read_last_seq(conn: sqlite3.Connection) -> int:
     """The highest number a log handed out: its newest row, its floor (schema 2) or its
     AUTOINCREMENT counter (schema 1), whichever is highest; 0 for an empty new file."""
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return _read_last_seq_in(conn, "main")
+
+
+def _read_last_seq_in(conn: sqlite3.Connection, db: str) -> int:
+    """``_read_last_seq`` of the database attached to ``conn`` as ``db``."""
+    tables = {
+        r[0] for r in conn.execute(f"SELECT name FROM {db}.sqlite_master WHERE type = 'table'")
+    }
     highest = 0
     if "events" in tables:
-        highest = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+        highest = int(conn.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {db}.events").fetchone()[0])
     if "state" in tables:
-        row = conn.execute("SELECT value FROM state WHERE key = ?", (SEQ_FLOOR_KEY,)).fetchone()
+        row = conn.execute(
+            f"SELECT value FROM {db}.state WHERE key = ?", (SEQ_FLOOR_KEY,)
+        ).fetchone()
         if row is not None:
             highest = max(highest, int(json.loads(row[0])))
     if "sqlite_sequence" in tables:
-        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        row = conn.execute(f"SELECT seq FROM {db}.sqlite_sequence WHERE name = 'events'").fetchone()
         if row is not None:
             highest = max(highest, int(row[0]))
     return highest

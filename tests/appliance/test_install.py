@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import sqlite3
 import stat
@@ -31,6 +32,7 @@ from gateway.appliance.install import (
     detect_model,
     gpio_advice,
     model_family,
+    share_dir,
     uart_advice,
 )
 from gateway.appliance.notify import NotifyListener
@@ -64,9 +66,11 @@ def fake_venv(
     run: str = "good",
     refuse_config: bool = False,
     bump_schema: bool = False,
+    records_into: Path | None = None,
 ) -> Path:
     """A venv stand-in holding gasguard ``version``. ``run``: "good" (the real controller) or
-    "crash" (exits 1 at start). ``bump_schema``: its migration leaves a newer schema behind."""
+    "crash" (exits 1 at start). ``bump_schema``: its migration leaves a newer schema behind.
+    ``records_into``: a crashing version first records a fault in this event log."""
     venv = where / f"venv-{version}"
     (venv / "bin").mkdir(parents=True)
     python = venv / "bin" / "python"
@@ -87,6 +91,15 @@ def fake_venv(
         "good": f'shift; exec {PY} -c {shlex.quote(RUN_CONTROLLER)} "$@"',
         "crash": f'echo "gasguard {version}: cannot start" >&2; exit 1',
     }
+    if records_into is not None:
+        # As the newer version would, in the schema only it knows (plain SQL here).
+        record = (
+            f"import sqlite3; c = sqlite3.connect({str(records_into)!r}); "
+            "c.execute(\"INSERT INTO events SELECT MAX(seq) + 1, 1.0, 'fault.raised', "
+            '\'wok-1\', \'{\\"why\\": \\"failed version\\"}\' FROM events"); '
+            "c.commit()"
+        )
+        runs["crash"] = f"{PY} -c {shlex.quote(record)}; " + runs["crash"]
     refuse = (
         f'if [ "$1" = check-config ]; then echo "gasguard {version}: unknown key" >&2; exit 1; fi\n'
         if refuse_config
@@ -231,6 +244,25 @@ def test_first_install_into_a_prefix(tmp_path: Path) -> None:
     assert "mini UART (/dev/ttyS0)" in out
 
 
+def test_the_units_come_from_the_release_given_with_source(tmp_path: Path) -> None:
+    """`sudo gasguard upgrade --source .` runs the INSTALLED gasguard, whose venv holds no
+    config/: the new release's units, profiles and example come from the --source tree."""
+    release = tmp_path / "release"
+    shutil.copytree(REPO / "config", release / "config")
+    unit = release / "config/systemd/gasguard-safety.service"
+    unit.write_text(unit.read_text() + "# the new release's unit\n")
+    prefix = tmp_path / "root"
+    opts = options(prefix, fake_venv(tmp_path, "0.1.0"))
+    opts.source = release
+    lines: list[str] = []
+    assert Installer(opts, out=lines.append).run() == 0, lines
+    installed = prefix / "etc/systemd/system/gasguard-safety.service"
+    assert installed.read_text().endswith("# the new release's unit\n")
+    assert share_dir(release) == release.resolve() / "config"
+    with pytest.raises(InstallError, match=r"not a gasguard source tree"):
+        share_dir(tmp_path / "empty")
+
+
 def test_the_config_is_never_overwritten_and_edited_profiles_are_kept(tmp_path: Path) -> None:
     prefix = tmp_path / "root"
     L = Layout(prefix)
@@ -343,9 +375,13 @@ def test_rollback_restores_the_event_log_the_old_version_can_read(
 ) -> None:
     L, service = site
     db = L.events_db()
-    venv = fake_venv(tmp_path, "0.4.0", run="crash", bump_schema=True)
+    venv = fake_venv(tmp_path, "0.4.0", run="crash", bump_schema=True, records_into=db)
     rc, out = install(L.prefix, venv, service)
     assert rc == 1, out
+    # What 0.4.0 recorded before it failed is in the restored log, numbers and all.
+    faults = [e for e in EventStore.open_readonly(db).recent(1000) if e.kind == "fault.raised"]
+    assert [e.details.get("why") for e in faults][-1:] == ["failed version"]
+    assert "1 event(s) the failed version recorded carried over" in out
     # 0.4.0 migrated the log to a newer schema, then failed: 0.1.0 could not read it, so the
     # pre-upgrade log is back and the migrated one kept as evidence.
     assert schema(db) == SCHEMA_VERSION

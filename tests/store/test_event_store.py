@@ -108,6 +108,46 @@ def test_two_writers_on_one_log_never_hand_out_the_same_number(tmp_path: Path) -
         assert [e.seq for e in store.since(0)] == sorted(seqs)
 
 
+def test_a_restored_log_takes_back_what_a_failed_version_recorded(tmp_path: Path) -> None:
+    """The rollback after a failed upgrade: the pre-upgrade backup comes back, and the events
+    the failed version recorded after it are copied in with their numbers (they may be
+    upstream already); the next number follows them."""
+    live, backup = tmp_path / "events.db", tmp_path / "backup.db"
+    with EventStore(live) as store:
+        before = store.append_many([ev(i) for i in range(3)])
+    with (
+        contextlib.closing(sqlite3.connect(live)) as src,
+        contextlib.closing(sqlite3.connect(backup)) as dst,
+    ):
+        src.backup(dst)
+    with EventStore(live) as store:  # the failed version, carrying on in the migrated log
+        failed = store.append_many([ev(i, "fault.raised", "fryer-1") for i in range(3, 5)])
+    with contextlib.closing(sqlite3.connect(live)) as conn:
+        conn.execute("PRAGMA user_version = 99")  # a schema the restored version cannot read
+        conn.commit()
+    with EventStore(backup) as store:
+        assert store.take_back(live) == 2
+        assert store.take_back(live) == 0  # twice changes nothing
+        assert [e.seq for e in store.recent(10)] == before + failed
+        assert [e.kind for e in store.recent(2)] == ["fault.raised"] * 2
+        assert store.append(*ev(5)) == failed[-1] + 1
+
+
+def test_a_failed_log_in_other_columns_still_moves_the_numbers_on(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    with contextlib.closing(sqlite3.connect(other)) as conn:
+        conn.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY, body TEXT)")
+        conn.execute("INSERT INTO events VALUES (9999999999999, 'x')")
+        conn.commit()
+    with EventStore(tmp_path / "events.db") as store:
+        last = store.append(*ev(0))
+        assert store.take_back(other) == 0
+        assert [e.seq for e in store.recent(10)] == [last]
+        assert store.append(*ev(1)) == 10_000_000_000_000
+        with pytest.raises(EventStoreError, match=r"missing\.db"):
+            store.take_back(tmp_path / "missing.db")
+
+
 def test_rotation_keeps_capacity_newest_and_deletes_in_batches(tmp_path: Path) -> None:
     capacity = 999
     counts: list[int] = []
