@@ -62,17 +62,27 @@ test: deps lint typecheck firmware unit
 #   make hil                   the sim rig
 #   make hil RIG=vm            gasguard installed in a Debian guest in QEMU (as root: builds and
 #                              caches the guest image under build/vm/ on its first run)
+#   make hil RIG=vm VM_ARCH=aarch64   the same on an arm64 guest, as on a Pi (its image takes
+#                              about 20 minutes to build under qemu-user the first time)
 #   make hil HIL_ARGS="--rig hw --fixture-port /dev/ttyACM0 --bus-port /dev/ttyAMA0"
 RIG ?= sim
+VM_ARCH ?= x86_64
 VM_DEPS := qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils debootstrap:debootstrap \
 	mkfs.ext4:e2fsprogs
+# An arm64 guest: its QEMU, and qemu-user registered with binfmt_misc for debootstrap's chroot.
+VM_DEPS_aarch64 := qemu-system-aarch64:qemu-system-arm qemu-aarch64-static:qemu-user-static \
+	update-binfmts:binfmt-support
 
 vm-deps:
-	@$(MAKE) --no-print-directory system-deps SYSTEM_DEPS="$(VM_DEPS)"
+	@$(MAKE) --no-print-directory system-deps SYSTEM_DEPS="$(VM_DEPS) $(VM_DEPS_$(VM_ARCH))"
+	@if [ "$(VM_ARCH)" = aarch64 ] && [ "$$(uname -m)" != aarch64 ]; then \
+	  mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; \
+	  update-binfmts --enable qemu-aarch64; \
+	fi
 
 hil: deps $(if $(filter vm,$(RIG)),vm-deps)
 	rm -f build/hil/report.txt
-	$(PY) -m pytest hil_tests -q --rig $(RIG) --junitxml=build/hil/junit.xml --hil-report=build/hil/report.txt $(HIL_ARGS)
+	$(PY) -m pytest hil_tests -q --rig $(RIG) --vm-arch $(VM_ARCH) --junitxml=build/hil/junit.xml --hil-report=build/hil/report.txt $(HIL_ARGS)
 	@if [ -f build/hil/report.txt ]; then cat build/hil/report.txt; fi
 
 bench: deps

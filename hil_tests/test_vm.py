@@ -2,8 +2,8 @@
 systemd, a hardware watchdog, a GPIO chip and a UART, in QEMU (``hil_tests.vm``).
 
 One guest serves the module, in order: install and boot, a leak, the safety process frozen,
-the uplinks frozen, a power cut, a hung PID 1. Each scenario leaves the kitchen normal with
-the valve open, or says so. Times go into the HIL report.
+the uplinks frozen, an upgrade to a broken release, a power cut, a hung PID 1. Each scenario
+leaves the kitchen normal with the valve open, or says so. Times go into the HIL report.
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ import pytest
 
 from hil_tests.conftest import Timings
 from hil_tests.vm.appliance import (
+    BROKEN_VERSION,
     LEAK_LEL,
     NORMAL_LEL,
     SAFETY,
     UPLINKS,
     Appliance,
     Kitchen,
+    broken_release,
     make_payload,
     site_config,
     start_kitchen,
@@ -53,7 +55,12 @@ def vm(
         pytest.skip("the vm rig builds its image with debootstrap: run as root")
     image = ensure_image(str(request.config.getoption("--vm-arch")))
     workdir = tmp_path_factory.mktemp("vm")
-    machine = VirtualPi(image, workdir, make_payload(workdir, site_config()))
+    machine = VirtualPi(image, workdir)
+    machine.payload = make_payload(
+        workdir,
+        site_config(machine.bus_device),
+        extra={"gasguard-broken": broken_release(workdir)},
+    )
     try:
         yield machine
     finally:
@@ -98,6 +105,7 @@ def test_installed_units_start_and_the_doctor_passes(appliance: Appliance) -> No
     assert appliance.active(UPLINKS)
     doctor = appliance.vm.run("gasguard doctor", 180)
     assert doctor.status == 0, doctor.stdout + doctor.stderr
+    print(doctor.stdout)  # in the report of a -rA run: what the doctor warns about here
     assert "FAIL" not in doctor.stdout.replace("0 FAIL", "")
     # The valve stays closed after the boot: the gas never comes back by itself.
     assert not appliance.valve_energised()
@@ -155,6 +163,55 @@ def test_frozen_uplinks_do_not_slow_the_valve(
     finally:
         appliance.sh(f"kill -CONT {pid}")
     assert appliance.active(SAFETY)
+
+
+# `gasguard upgrade` builds the new venv under emulation, then waits for READY (150 s at most)
+# and, rolling back, for the old version's READY again.
+UPGRADE_BUDGET_S = 900.0
+SCHEMA = (
+    'python3 -c "import sqlite3; print(sqlite3.connect('
+    "'file:/var/lib/gasguard/events.db?mode=ro', uri=True)"
+    ".execute('PRAGMA user_version').fetchone()[0])\""
+)
+
+
+def test_an_upgrade_to_a_broken_release_rolls_back_by_itself(
+    appliance: Appliance, kitchen: Kitchen, timings: Timings
+) -> None:
+    _leak_closes_valve(appliance, kitchen, timings, "vm upgrade")
+    appliance.open_valve()
+    current = appliance.sh("readlink /opt/gasguard/current").strip()
+    schema = appliance.sh(SCHEMA).strip()
+    before = appliance.events()
+    started = time.monotonic()
+    # As docs/install.md, section 4, with the release on the payload disk for `git pull`.
+    payload = appliance.mount_payload()
+    upgrade = appliance.vm.run(
+        f"rm -rf /root/gasguard-broken && cp -a {payload}/gasguard-broken /root/ && "
+        "cd /root/gasguard-broken && gasguard upgrade --source . --yes 2>&1",
+        UPGRADE_BUDGET_S,
+    )
+    took = time.monotonic() - started
+    out = upgrade.stdout + upgrade.stderr
+    assert upgrade.status == 1, out
+    assert f"upgrade to {BROKEN_VERSION} FAILED and was rolled back to " in out, out
+    assert "restore" in out, out  # the migrated event log was put back
+    timings.record("vm upgrade", "broken upgrade to rolled back and READY", took, UPGRADE_BUDGET_S)
+    # The old version is in service again, with its units, its schema and every event.
+    assert appliance.sh("readlink /opt/gasguard/current").strip() == current
+    assert appliance.active(SAFETY)
+    assert appliance.sh(SCHEMA).strip() == schema
+    seqs = {e["seq"] for e in appliance.events()}
+    assert not [e for e in before if e["seq"] not in seqs]
+    kept = appliance.sh("ls /var/lib/gasguard /opt/gasguard/versions")
+    assert f"events.db.failed-{BROKEN_VERSION}-" in kept, kept  # evidence kept
+    assert BROKEN_VERSION in kept, kept  # the failed venv, for inspection
+    # The upgrade stopped the service: the valve closed and stays closed until the local reset,
+    # rollback or not. Then the old version protects the kitchen as before.
+    assert not appliance.valve_energised()
+    time.sleep(3)
+    assert not appliance.valve_energised()
+    _leak_closes_valve(appliance, kitchen, timings, "vm after rollback")
 
 
 def test_a_power_cut_loses_no_stored_event(

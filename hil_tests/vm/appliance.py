@@ -24,7 +24,6 @@ from hil_tests.firmware_host import REPO
 from hil_tests.vm.machine import MachineError, VirtualPi
 
 PINS = configfile.EXAMPLE_PINS
-GUEST_BUS = "/dev/ttyS1"  # the guest's second UART (ttyAMA0 on a Pi)
 PROFILE = "generic-cn-kitchen"
 DETECTORS = (("wok-1", 1), ("fryer-1", 2))
 RESET_HOLD_S = 2.0  # the minimum the config allows
@@ -35,16 +34,16 @@ SAFETY = "gasguard-safety.service"
 UPLINKS = "gasguard-uplinks.service"
 
 
-def site_config() -> str:
-    """The kitchen in the guest: two detectors on ttyS1, the held-open valve on the example
-    pin (no position contact: the host does not move a valve body), the example buttons and
-    lights."""
+def site_config(bus_device: str) -> str:
+    """The kitchen in the guest: two detectors on ``bus_device`` (``VirtualPi.bus_device``),
+    the held-open valve on the example pin (no position contact: the host does not move a
+    valve body), the example buttons and lights."""
     return configfile.render(
         configfile.SiteFile(
             site_id="VM-RIG-01",
             site_name="vm rig",
             site_address="QEMU",
-            buses=[configfile.BusSpec("bus0", GUEST_BUS, 9600, "N", timeout_s=0.2)],
+            buses=[configfile.BusSpec("bus0", bus_device, 9600, "N", timeout_s=0.2)],
             detectors=[
                 configfile.DetectorSpec(name, "kitchen", "bus0", address, PROFILE)
                 for name, address in DETECTORS
@@ -69,6 +68,40 @@ def _checkout_files() -> list[str]:
         capture_output=True,
     ).stdout
     return [f for f in out.decode().split("\0") if f and (REPO / f).is_file()]
+
+
+BROKEN_VERSION = "0.1.0.post999"  # pyproject's version, for the broken release
+# The broken release: the same code with a newer event-log schema (so the upgrade migrates the
+# log and the rollback must restore it) and a safety process that dies after start-up, before
+# READY, as a release with a bug in its start-up would. Each edit names the text it replaces,
+# so a change to those files fails here, loudly, rather than building an unbroken "broken" one.
+_BREAKAGE = {
+    "pyproject.toml": ('version = "0.1.0"', f'version = "{BROKEN_VERSION}"'),
+    "gateway/store/events.py": ("SCHEMA_VERSION = 2\n", "SCHEMA_VERSION = 3\n"),
+    "gateway/safety/main.py": (
+        "    try:\n        return controller.run()\n",
+        "    raise RuntimeError('vm rig: the broken release dies before READY')\n"
+        "    try:\n        return controller.run()\n",
+    ),
+}
+
+
+def broken_release(workdir: Path) -> Path:
+    """This checkout as a new release that check-config accepts but whose safety process
+    never reaches READY (see ``_BREAKAGE``)."""
+    tree = workdir / "broken-release"
+    shutil.rmtree(tree, ignore_errors=True)
+    for name in _checkout_files():
+        target = tree / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, target)
+    for name, (old, new) in _BREAKAGE.items():
+        path = tree / name
+        text = path.read_text(encoding="utf-8")
+        if text.count(old) != 1:
+            raise AssertionError(f"{name}: {old!r} not found once; update _BREAKAGE")
+        path.write_text(text.replace(old, new), encoding="utf-8")
+    return tree
 
 
 def make_payload(workdir: Path, config_text: str, extra: dict[str, Path] | None = None) -> Path:
@@ -139,12 +172,20 @@ class Appliance:
     def sh(self, script: str, timeout_s: float = 300.0) -> str:
         return self.vm.run(script, timeout_s).check().stdout
 
+    def mount_payload(self) -> str:
+        """The read-only disk with this checkout, mounted (again after a reboot); its path."""
+        self.sh(
+            "set -e; mkdir -p /mnt/payload; mountpoint -q /mnt/payload || "
+            "mount -o ro /dev/vdb /mnt/payload"
+        )
+        return "/mnt/payload"
+
     def install(self) -> str:
         """As docs/install.md, section 2; the installer's output."""
+        payload = self.mount_payload()
         out = self.sh(
-            "set -e; mkdir -p /mnt/payload; mountpoint -q /mnt/payload || "
-            "mount -o ro /dev/vdb /mnt/payload; rm -rf /root/gasguard; "
-            "cp -a /mnt/payload/gasguard /root/gasguard; cd /root/gasguard; "
+            f"set -e; rm -rf /root/gasguard; cp -a {payload}/gasguard /root/gasguard; "
+            "cd /root/gasguard; "
             "python3 -m gateway.appliance.install 2>&1",
             timeout_s=900,
         )

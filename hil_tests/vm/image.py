@@ -289,9 +289,9 @@ def _configure(root: Path, arch: Arch) -> None:
     link = wants / "gasguard-vm-pi.service"
     if not link.is_symlink():
         link.symlink_to("/etc/systemd/system/gasguard-vm-pi.service")
-    # The console is the host's log and ttyS1 (ttyAMA0 on arm64) the bus: no login prompts,
-    # whose hangups would cut the console.
-    for tty in ("ttyS0", "ttyS1", "ttyAMA0"):
+    # The console (ttyS0; hvc0 on arm64) is the host's log and ttyS1 (ttyAMA0 on arm64, as on
+    # a Pi) the bus: no login prompts, whose hangups would cut the console.
+    for tty in ("ttyS0", "ttyS1", "ttyAMA0", "hvc0"):
         (root / f"etc/systemd/system/serial-getty@{tty}.service").unlink(missing_ok=True)
         (root / f"etc/systemd/system/serial-getty@{tty}.service").symlink_to("/dev/null")
     (root / "etc/systemd/system/getty@tty1.service").unlink(missing_ok=True)

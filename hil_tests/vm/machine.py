@@ -4,9 +4,12 @@ What the guest gets, and where the host reaches it:
 
 * its disk: a copy-on-write overlay of the image (the image itself never changes), and a
   read-only second disk, ``/dev/vdb``, holding the files a test hands in (this checkout);
-* ``ttyS0``: the kernel and systemd console, logged to ``console.log``;
-* ``ttyS1``: the RS-485 bus. QEMU serves it on a unix socket; ``bus()`` connects to it, and
-  the project's detector emulator answers on that connection as detectors would on the wire;
+* the kernel and systemd console, logged to ``console.log``: ``ttyS0`` on x86_64, a virtio
+  console (``hvc0``) on aarch64, whose only UART goes to the bus as on a Pi;
+* the RS-485 bus, ``bus_device``: ``/dev/ttyS1`` on x86_64, the PL011 ``/dev/ttyAMA0`` on
+  aarch64 (a Pi's UART has that name too). QEMU serves it on a unix socket; ``bus()`` connects
+  to it, and the project's detector emulator answers on that connection as detectors would on
+  the wire;
 * an i6300ESB watchdog (``/dev/watchdog``), its action a reset, its firing a QMP ``WATCHDOG``
   event;
 * QMP (``monitor``) for the machine, the guest agent (``agent()``) for commands in it;
@@ -14,7 +17,8 @@ What the guest gets, and where the host reaches it:
   it, ``gpio_pull(n, up)`` sets what the outside world puts on an input line.
 
 /dev/kvm here may be a paravirtual KVM that hangs Debian's kernel at boot, so the first boot
-probes it (a kernel line within ``KVM_PROBE_S``) and falls back to TCG for the session.
+of a guest of the host's own architecture probes it (a kernel line within ``KVM_PROBE_S``) and
+falls back to TCG for the session; another architecture always runs under TCG.
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ from hil_tests.vm.protocol import Completed, GuestAgent, Monitor, ProtocolError
 
 KVM_PROBE_S = 8.0
 STOP_GRACE_S = 5.0
+# Per guest architecture: where the kernel console goes, and the UART that is the bus. On
+# aarch64 the virtio console exists only once its module loads, after the initramfs has opened
+# /dev/console (without tty0 to open, the initramfs cannot start init, and the kernel panics).
+CONSOLE = {"x86_64": "console=ttyS0", "aarch64": "console=tty0 console=hvc0"}
+BUS_DEVICE = {"x86_64": "/dev/ttyS1", "aarch64": "/dev/ttyAMA0"}
 MEMORY = "1G"
 CPUS = 2
 
@@ -80,31 +89,34 @@ class VirtualPi:
         else:
             # -cpu max: lgpio's wheel uses instructions the default TCG CPU lacks.
             cmd += ["-accel", "tcg,thread=multi", "-cpu", "max"]
-        if arch.name == "aarch64":
-            cmd += ["-M", "virt"]
+        console = CONSOLE[arch.name]
         cmd += [
             "-kernel",
             str(self.image.kernel),
             "-initrd",
             str(self.image.initrd),
             "-append",
-            "root=/dev/vda rw console=ttyS0 panic=5 systemd.show_status=1",
+            f"root=/dev/vda rw {console} panic=5 systemd.show_status=1",
             "-drive",
             f"file={self.overlay},if=virtio,format=qcow2",
             "-chardev",
             f"file,id=console,path={self.console}",
-            "-serial",
-            "chardev:console",
             "-chardev",
             f"socket,id=bus,path={self.bus_path},server=on,wait=off",
-            "-serial",
-            "chardev:bus",
+            "-device",
+            "virtio-serial-pci",
+        ]
+        if arch.name == "aarch64":
+            # The virt board's one PL011 is the bus (ttyAMA0); the console is virtio.
+            cmd += ["-M", "virt", "-device", "virtconsole,chardev=console"]
+            cmd += ["-serial", "chardev:bus"]
+        else:
+            cmd += ["-serial", "chardev:console", "-serial", "chardev:bus"]
+        cmd += [
             "-qmp",
             f"unix:{self.qmp_path},server=on,wait=off",
             "-chardev",
             f"socket,id=qga,path={self.qga_path},server=on,wait=off",
-            "-device",
-            "virtio-serial-pci",
             "-device",
             "virtserialport,chardev=qga,name=org.qemu.guest_agent.0",
             "-device",
@@ -154,7 +166,9 @@ class VirtualPi:
 
     def boot(self, timeout_s: float = 240.0) -> float:
         """Power on and wait until the guest agent answers; the seconds that took."""
-        if VirtualPi._accel is None:
+        if self.image.arch.name != os.uname().machine:
+            VirtualPi._accel = "tcg"  # no KVM for a foreign architecture
+        elif VirtualPi._accel is None:
             VirtualPi._accel = "tcg"
             if os.access("/dev/kvm", os.R_OK | os.W_OK):
                 self._start("kvm")
@@ -166,6 +180,11 @@ class VirtualPi:
             self._start(VirtualPi._accel)
         self.wait_for_agent(timeout_s)
         return time.monotonic() - self.booted_at
+
+    @property
+    def bus_device(self) -> str:
+        """The guest's device for the RS-485 bus (the site config names it)."""
+        return BUS_DEVICE[self.image.arch.name]
 
     @property
     def accel(self) -> str:
