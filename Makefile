@@ -71,7 +71,7 @@ VM_DEPS := qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils debootstrap:de
 	mkfs.ext4:e2fsprogs
 # An arm64 guest: its QEMU, and qemu-user registered with binfmt_misc for debootstrap's chroot.
 VM_DEPS_aarch64 := qemu-system-aarch64:qemu-system-arm qemu-aarch64-static:qemu-user-static \
-	update-binfmts:binfmt-support
+	update-binfmts:binfmt-support dtc:device-tree-compiler
 
 vm-deps:
 	@$(MAKE) --no-print-directory system-deps SYSTEM_DEPS="$(VM_DEPS) $(VM_DEPS_$(VM_ARCH))"

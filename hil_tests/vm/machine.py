@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -128,6 +129,34 @@ class VirtualPi:
             cmd += ["-drive", f"file={self.payload},if=virtio,format=raw,readonly=on"]
         return cmd
 
+    def _board_without_gpio(self, cmd: list[str]) -> Path:
+        """The aarch64 virt board's device tree with its PL061 GPIO controller disabled. A Pi's
+        header is gpiochip0, where gpiozero's lgpio factory looks; on the virt board the PL061
+        (built into Debian's kernel) would take that number and gpio-sim would be gpiochip1.
+        QEMU dumps the tree for exactly this machine; ``dtc`` edits it."""
+        raw, edited = self.workdir / "virt.dtb", self.workdir / "virt-no-pl061.dtb"
+        subprocess.run(
+            [*cmd, "-machine", f"dumpdtb={raw}"], check=True, capture_output=True, timeout=60
+        )
+        dts = subprocess.run(
+            ["dtc", "-q", "-I", "dtb", "-O", "dts", str(raw)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        node = re.search(r"(?m)^\s*pl061@[0-9a-f]+ \{\n", dts)
+        if node is None:
+            raise MachineError(f"no pl061 node in QEMU's device tree {raw}")
+        dts = dts[: node.end()] + '\t\tstatus = "disabled";\n' + dts[node.end() :]
+        subprocess.run(
+            ["dtc", "-q", "-I", "dts", "-O", "dtb", "-o", str(edited), "-"],
+            input=dts,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return edited
+
     def _start(self, accel: str) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if not self.overlay.exists():
@@ -149,8 +178,13 @@ class VirtualPi:
         for path in (self.qmp_path, self.qga_path, self.bus_path):
             path.unlink(missing_ok=True)
         self.console.write_bytes(b"")
+        cmd = self._command(accel)
+        if self.image.arch.name == "aarch64":
+            cmd += ["-dtb", str(self._board_without_gpio(cmd))]
+            for path in (self.qmp_path, self.qga_path, self.bus_path):
+                path.unlink(missing_ok=True)  # made by the dump's QEMU
         log = (self.workdir / "qemu.log").open("ab")
-        self.process = subprocess.Popen(self._command(accel), stdout=log, stderr=log)
+        self.process = subprocess.Popen(cmd, stdout=log, stderr=log)
         log.close()
         self.booted_at = time.monotonic()
         _wait_for(self.qmp_path, 10.0)
