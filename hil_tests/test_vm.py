@@ -8,6 +8,7 @@ leaves the kitchen normal with the valve open, or says so. Times go into the HIL
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -41,6 +42,10 @@ pytestmark = pytest.mark.timeout(1800)
 LEAK_BUDGET_S = 10.0
 # WatchdogSec=5s in the unit, then the kill and ExecStopPost's safe outputs.
 SERVICE_WATCHDOG_BUDGET_S = 20.0
+# What `gasguard doctor` rightly warns about on this rig, and nothing else: the host does not
+# move a valve body (no position contact), the guest has no network (no clock sync, no
+# uplink configured).
+DOCTOR_WARNS_HERE = {"valve main-inlet", "clock", "uplinks"}
 # RuntimeWatchdogSec=10s (gasguard's drop-in) and the i6300ESB's own second stage.
 HW_WATCHDOG_BUDGET_S = 60.0
 
@@ -103,10 +108,13 @@ def _leak_closes_valve(app: Appliance, kitchen: Kitchen, timings: Timings, scena
 def test_installed_units_start_and_the_doctor_passes(appliance: Appliance) -> None:
     assert appliance.active(SAFETY)
     assert appliance.active(UPLINKS)
-    doctor = appliance.vm.run("gasguard doctor", 180)
+    doctor = appliance.vm.run("gasguard doctor --json", 180)
     assert doctor.status == 0, doctor.stdout + doctor.stderr
-    print(doctor.stdout)  # in the report of a -rA run: what the doctor warns about here
-    assert "FAIL" not in doctor.stdout.replace("0 FAIL", "")
+    print(doctor.stdout)  # in the report of a -rA run
+    verdicts = {c["name"]: c["status"] for c in json.loads(doctor.stdout)}
+    # Everything PASS but what this rig cannot give: see DOCTOR_WARNS_HERE.
+    assert {k for k, v in verdicts.items() if v != "PASS"} == DOCTOR_WARNS_HERE, doctor.stdout
+    assert {"uart bus0", "gpio", "detector wok-1", "watchdog", "event log"} <= set(verdicts)
     # The valve stays closed after the boot: the gas never comes back by itself.
     assert not appliance.valve_energised()
     watchdog = appliance.sh("systemctl show -p RuntimeWatchdogUSec --value").strip()
