@@ -60,6 +60,16 @@ def site_config(bus_device: str) -> str:
     )
 
 
+def copy_checkout(tree: Path) -> Path:
+    """This checkout's files (as git sees them) copied into ``tree``, made afresh."""
+    shutil.rmtree(tree, ignore_errors=True)
+    for name in _checkout_files():
+        target = tree / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, target)
+    return tree
+
+
 def _checkout_files() -> list[str]:
     """This checkout's files as git sees them (tracked, and new ones not ignored)."""
     out = subprocess.run(
@@ -89,12 +99,7 @@ _BREAKAGE = {
 def broken_release(workdir: Path) -> Path:
     """This checkout as a new release that check-config accepts but whose safety process
     never reaches READY (see ``_BREAKAGE``)."""
-    tree = workdir / "broken-release"
-    shutil.rmtree(tree, ignore_errors=True)
-    for name in _checkout_files():
-        target = tree / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, target)
+    tree = copy_checkout(workdir / "broken-release")
     for name, (old, new) in _BREAKAGE.items():
         path = tree / name
         text = path.read_text(encoding="utf-8")
@@ -109,10 +114,7 @@ def make_payload(workdir: Path, config_text: str, extra: dict[str, Path] | None 
     trees (name -> directory), for the guest's read-only second disk."""
     tree = workdir / "payload"
     shutil.rmtree(tree, ignore_errors=True)
-    for name in _checkout_files():
-        target = tree / "gasguard" / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, target)
+    copy_checkout(tree / "gasguard")
     (tree / "site.toml").write_text(config_text, encoding="utf-8")
     for name, directory in (extra or {}).items():
         shutil.copytree(directory, tree / name)
