@@ -22,6 +22,7 @@ from gateway.profiles import default_profiles_dir, load_profiles
 from gateway.sim.emulator import BusEmulator, EmulatedDetector
 from hil_tests.firmware_host import REPO
 from hil_tests.vm.machine import MachineError, VirtualPi
+from hil_tests.vm.protocol import ProtocolError
 
 PINS = configfile.EXAMPLE_PINS
 PROFILE = "generic-cn-kitchen"
@@ -32,6 +33,8 @@ NORMAL_LEL = 2.0
 LEAK_LEL = 60.0
 SAFETY = "gasguard-safety.service"
 UPLINKS = "gasguard-uplinks.service"
+# How long the rig keeps asking a just-booted controller for its status (see status()).
+STATUS_WAIT_S = 60.0
 
 
 def site_config(bus_device: str) -> str:
@@ -229,10 +232,24 @@ class Appliance:
     def main_pid(self, unit: str) -> int:
         return int(self.unit(unit, "MainPID")["MainPID"])
 
-    def status(self) -> dict[str, Any]:
-        out = self.sh("gasguard status --json")
-        result: dict[str, Any] = json.loads(out)
-        return result
+    def status(self, wait_s: float = STATUS_WAIT_S) -> dict[str, Any]:
+        """``gasguard status --json``, asked again while the controller does not answer within
+        the CLI's own 5 s, for up to ``wait_s``: under TCG a guest that has just booted
+        (journal recovery, the uplinks' start-up) can starve the control thread for a while.
+        On a timeout the error carries the safety unit's journal."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            done = self.vm.run("gasguard status --json", 30)
+            if done.status == 0:
+                result: dict[str, Any] = json.loads(done.stdout)
+                return result
+            if "no reply" not in done.stderr or time.monotonic() > deadline:
+                journal = self.vm.run(f"journalctl -b -u {SAFETY} -n 40 --no-pager", 30)
+                raise ProtocolError(
+                    f"guest: gasguard status exited with {done.status}: {done.stderr.strip()}\n"
+                    f"journal of {SAFETY}:\n{journal.stdout[-4000:]}"
+                )
+            time.sleep(1.0)
 
     def events(self) -> list[dict[str, Any]]:
         out = self.sh("gasguard events --json --limit 1000")
