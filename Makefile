@@ -10,7 +10,11 @@ STAMP := $(VENV)/.installed-stamp
 # the missing ones with apt-get when it runs as root (or with passwordless sudo); otherwise it
 # stops at once with the one command to run.
 SYSTEM_DEPS := mosquitto:mosquitto openssl:openssl systemd-analyze:systemd node:nodejs \
-	npm:npm setpriv:util-linux mount:mount python3:python3
+	npm:npm setpriv:util-linux mount:mount python3:python3 chromium:chromium
+# The same for files outside PATH, as "glob:package": the city tests' PostgreSQL server, and
+# Chinese fonts for the duty page's screenshots in headless Chromium.
+SYSTEM_FILES := /usr/lib/postgresql/*/bin/initdb:postgresql \
+	/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc:fonts-noto-cjk
 
 system-deps:
 	@missing=""; for dep in $(SYSTEM_DEPS); do \
@@ -18,6 +22,9 @@ system-deps:
 	    missing="$$missing $${dep#*:}"; \
 	done; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	for dep in $(SYSTEM_FILES); do \
+	  ls $${dep%%:*} >/dev/null 2>&1 || missing="$$missing $${dep#*:}"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then sudo=""; \
 	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo"; \
@@ -43,7 +50,7 @@ demo: $(STAMP)
 	$(VENV)/bin/gasguard demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check gateway tests bench hil_tests
+	$(VENV)/bin/ruff check gateway city tests bench hil_tests
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
@@ -74,7 +81,8 @@ VM_DEPS_aarch64 := qemu-system-aarch64:qemu-system-arm qemu-aarch64-static:qemu-
 	update-binfmts:binfmt-support dtc:device-tree-compiler
 
 vm-deps:
-	@$(MAKE) --no-print-directory system-deps SYSTEM_DEPS="$(VM_DEPS) $(VM_DEPS_$(VM_ARCH))"
+	@$(MAKE) --no-print-directory system-deps SYSTEM_DEPS="$(VM_DEPS) $(VM_DEPS_$(VM_ARCH))" \
+	  SYSTEM_FILES=""
 	@if [ "$(VM_ARCH)" = aarch64 ] && [ "$$(uname -m)" != aarch64 ]; then \
 	  mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; \
 	  update-binfmts --enable qemu-aarch64; \

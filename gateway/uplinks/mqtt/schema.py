@@ -435,6 +435,11 @@ class MessageError(ValueError):
 def _object(payload: bytes, what: str) -> dict[str, Any]:
     if len(payload) > MAX_DOWNLINK_BYTES and what != "event":
         raise MessageError(f"{what}: {len(payload)} bytes, at most {MAX_DOWNLINK_BYTES} allowed")
+    return json_object(payload, what)
+
+
+def json_object(payload: bytes, what: str) -> dict[str, Any]:
+    """``payload`` as a JSON object (UTF-8). Raises MessageError naming ``what``."""
     try:
         document = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
