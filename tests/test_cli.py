@@ -95,6 +95,7 @@ def test_events_json_prints_one_object_per_line(tmp_path: Path) -> None:
 
 def test_run_stops_cleanly_on_sigterm_and_records_its_start(tmp_path: Path) -> None:
     import signal
+    import threading
     import time
 
     from gateway.sim.kitchen import SimulatedKitchen
@@ -102,7 +103,7 @@ def test_run_stops_cleanly_on_sigterm_and_records_its_start(tmp_path: Path) -> N
 
     kitchen = SimulatedKitchen(tmp_path)
     config = kitchen.start()
-    env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock")
+    env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock", PYTHONFAULTHANDLER="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "run", "--config", str(config.path)],
         stdout=subprocess.PIPE,
@@ -118,8 +119,21 @@ def test_run_stops_cleanly_on_sigterm_and_records_its_start(tmp_path: Path) -> N
             line = proc.stdout.readline()
             ready = "event=controller.ready" in line
         assert ready, "no controller.ready line"
+        # Keep reading both pipes: a child blocked on a full pipe cannot exit, and on a
+        # failure its last words say where it hung.
+        tail: list[str] = []
+        for pipe in (proc.stdout, proc.stderr):
+            threading.Thread(target=lambda f=pipe: tail.extend(f), daemon=True).start()
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
+        try:
+            status = proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # PYTHONFAULTHANDLER: every thread's stack
+            time.sleep(1.0)
+            raise AssertionError(
+                "no exit 20 s after SIGTERM; last output:\n" + "".join(tail[-60:])
+            ) from None
+        assert status == 0, "".join(tail[-40:])
     finally:
         if proc.poll() is None:
             proc.kill()
