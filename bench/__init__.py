@@ -12,7 +12,9 @@ The figures and the file that produces them:
   detector's cost to the healthy ones on a busy bus;
 * ``bench.reaction``: confirming reply on the wire -> valve output pin changed;
 * ``bench.resources``: the running controller's RSS and CPU with 8 detectors;
-* ``bench.cold_start``: spawn -> first completed poll.
+* ``bench.cold_start``: spawn -> first completed poll;
+* ``bench.city``: the city desk with 10,000 simulated kitchens (``bench.city_fleet``), an alarm
+  storm and faults during it (docs/city.md).
 
 A figure that summarises a distribution keeps its samples (``Figure.samples``, in the figure's
 unit): ``bench.plots`` draws them after a full run.

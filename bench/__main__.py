@@ -47,6 +47,7 @@ BENCHMARKS: dict[str, Callable[[], Runner]] = {
     "uplink_mqtt": _runner("bench.uplink_mqtt"),
     "uplink_gb": _runner("bench.uplink_gb"),
     "leak_to_valve": _runner("bench.leak_to_valve"),
+    "city": _runner("bench.city"),
 }
 
 # Full sizes are each run()'s defaults (about 7 minutes in all on 2 cores).
@@ -61,6 +62,15 @@ QUICK: dict[str, dict[str, Any]] = {
     "uplink_mqtt": {"alarms": 5, "replay": 50},
     "uplink_gb": {"samples": 5, "warmup": 1},
     "leak_to_valve": {"trials": 8},
+    "city": {
+        "kitchens": 40,
+        "storm": 10,
+        "storm_s": 0.5,
+        "baseline_s": 1.0,
+        "heartbeat_s": 1.0,
+        "outage_s": 1.0,
+        "catchup_timeout_s": 60.0,
+    },
 }
 
 

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import queue
+import resource
 import shutil
 import socket
 import subprocess
@@ -53,26 +54,42 @@ SITE = "bench-site"
 
 
 class Broker:
-    """A mosquitto on a free loopback port, in ``workdir``; ``stop()`` ends it."""
+    """A mosquitto on a free loopback port, in ``workdir``; ``stop()`` ends it, ``start()``
+    starts it again on the same port. ``nofile`` raises its open-files limit (one descriptor
+    per connected client)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, nofile: int | None = None) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not os.access(binary, os.X_OK):
             raise RuntimeError(
                 "mosquitto not found: install it with `apt-get install -y mosquitto`"
             )
+        self.binary = binary
+        self.nofile = nofile
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = int(s.getsockname()[1])
-        conf = workdir / "mosquitto.conf"
+        self.conf = workdir / "mosquitto.conf"
         lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "log_dest none"]
         lines.append("max_queued_messages 100000")
         lines.append("set_tcp_nodelay true")  # see docs/uplinks.md: brokers should
+        if nofile is not None:
+            lines.append("max_connections -1")
         if os.geteuid() == 0:
             lines.append("user root")
-        conf.write_text("\n".join(lines) + "\n")
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.start()
+
+    def _limits(self) -> None:
+        if self.nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+
+    def start(self) -> None:
         self._proc = subprocess.Popen(
-            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [self.binary, "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=self._limits if self.nofile is not None else None,
         )
         self.pid = self._proc.pid
         deadline = time.monotonic() + 10

@@ -198,6 +198,22 @@ def test_mqtt_benchmark_measures_the_ack_and_the_status_behind_each_alarm(
     assert value(figures, "mqtt_replay_rate", "events/s") > 0
 
 
+def test_city_benchmark_loses_nothing_and_stores_nothing_twice_under_each_fault(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    figures = run_quick("city", capsys)
+    storm = QUICK["city"]["storm"]
+    for name in ("clean", "worker_killed", "postgres_restarted", "broker_down"):
+        assert value(figures, f"city_{name}_lost", "alarms") == 0, name
+        assert value(figures, f"city_{name}_duplicates", "rows") == 0, name
+        # Every alarm reached the page, whatever failed on the way.
+        assert value(figures, f"city_{name}_on_page", "alarms") == storm, name
+        assert 0 < value(figures, f"city_{name}_stored_p50", "ms") <= value(
+            figures, f"city_{name}_stored_p99", "ms"
+        )
+    assert value(figures, "city_pg_rows_per_alarm", "rows") >= 3  # event, incident, its step
+
+
 def test_leak_to_valve_benchmark_compares_confirming_at_once_with_a_cycle_later(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
