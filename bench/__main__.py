@@ -63,12 +63,12 @@ QUICK: dict[str, dict[str, Any]] = {
     "uplink_gb": {"samples": 5, "warmup": 1},
     "leak_to_valve": {"trials": 8},
     "city": {
-        "kitchens": 40,
-        "storm": 10,
-        "storm_s": 0.5,
-        "baseline_s": 1.0,
-        "heartbeat_s": 1.0,
-        "outage_s": 1.0,
+        "kitchens": 20,
+        "storm": 5,
+        "storm_s": 0.3,
+        "baseline_s": 0.5,
+        "heartbeat_s": 0.5,
+        "outage_s": 0.5,
         "catchup_timeout_s": 60.0,
     },
 }

@@ -30,7 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.uplinks.mqtt.schema import encode, event_message
 from gateway.uplinks.outbox import OutboxItem
 
-RECONNECT_EVERY_S = 2.0
+RECONNECT_EVERY_S = 1.0  # as a gateway's reconnect_min_s
 MISC_EVERY_S = 1.0
 
 
