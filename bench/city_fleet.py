@@ -30,7 +30,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.uplinks.mqtt.schema import encode, event_message
 from gateway.uplinks.outbox import OutboxItem
 
-RECONNECT_EVERY_S = 1.0  # as a gateway's reconnect_min_s
+# As a gateway's MQTT channel: paho waits reconnect_min_s after a lost connection and doubles
+# the wait after each failed attempt, up to reconnect_max_s (the defaults, 1 s and 30 s).
+RECONNECT_MIN_S = 1.0
+RECONNECT_MAX_S = 30.0
+CONNACK_WAIT_S = 10.0  # an attempt without an answer for this long has failed
 MISC_EVERY_S = 1.0
 
 
@@ -45,6 +49,8 @@ class Kitchen:
     next_heartbeat: float = 0.0
     heartbeats: int = 0
     reconnect_at: float = 0.0
+    backoff_s: float = RECONNECT_MIN_S
+    connecting_since: float = 0.0  # an attempt waiting for its CONNACK
 
 
 class Fleet:
@@ -103,6 +109,8 @@ class Fleet:
         if rc.is_failure:
             return
         k.connected = True
+        k.connecting_since = 0.0
+        k.backoff_s = RECONNECT_MIN_S
         client.subscribe(f"{self.prefix}/{k.site_id}/ack", qos=1)
         now = time.monotonic()
         for seq, (first, _last, payload) in list(k.unacked.items()):
@@ -111,7 +119,12 @@ class Fleet:
 
     def _on_disconnect(self, _c: mqtt.Client, k: Kitchen, _f: Any, _rc: Any, _p: Any) -> None:
         k.connected = False
-        k.reconnect_at = time.monotonic() + RECONNECT_EVERY_S
+        self._retry_later(k, time.monotonic())
+
+    def _retry_later(self, k: Kitchen, now: float) -> None:
+        k.connecting_since = 0.0
+        k.reconnect_at = now + k.backoff_s
+        k.backoff_s = min(RECONNECT_MAX_S, k.backoff_s * 2)
 
     def _on_message(self, _c: mqtt.Client, k: Kitchen, message: mqtt.MQTTMessage) -> None:
         seq = int(json.loads(message.payload)["seq"])
@@ -144,11 +157,17 @@ class Fleet:
     def _timers(self, now: float) -> None:
         for k in self.kitchens.values():
             if not k.connected:
-                if k.reconnect_at and now >= k.reconnect_at:
-                    k.reconnect_at = now + RECONNECT_EVERY_S
+                if k.connecting_since:
+                    if now - k.connecting_since >= CONNACK_WAIT_S:
+                        self._retry_later(k, now)
+                elif k.reconnect_at and now >= k.reconnect_at:
+                    k.reconnect_at = 0.0
                     self.reconnects += 1
-                    with contextlib.suppress(OSError):
+                    try:
                         k.client.reconnect()
+                        k.connecting_since = now
+                    except OSError:
+                        self._retry_later(k, now)
                 continue
             k.client.loop_misc()
             if now >= k.next_heartbeat:
@@ -170,8 +189,9 @@ class Fleet:
         for k in self.kitchens.values():
             try:
                 k.client.connect(self.host, self.port, keepalive=60)
+                k.connecting_since = time.monotonic()
             except OSError:
-                k.reconnect_at = time.monotonic() + RECONNECT_EVERY_S
+                self._retry_later(k, time.monotonic())
             self._poll(0)
 
     def _poll(self, timeout: float) -> None:
