@@ -20,7 +20,6 @@ import pytest
 
 from tests.city.conftest import OPERATORS, SITE, Desk, RunningWorker, rows
 from tests.city.kitchens import BareKitchen
-from tests.uplink_fixtures import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,6 +58,38 @@ class Browser:
                 return reply.status, json.loads(reply.read())
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read())
+
+
+class Feed:
+    """The desk's live feed as a page reads it: a raw GET /api/events with the session cookie;
+    ``until(name)`` reads events up to the first named ``name``."""
+
+    def __init__(self, desk: Desk, browser: Browser, timeout: float = 15.0) -> None:
+        (token,) = [c.value for c in browser.jar]
+        host, port = desk.server.server_address[:2]
+        self.sock = socket.create_connection((str(host), port), timeout=timeout)
+        self.sock.sendall(
+            f"GET /api/events HTTP/1.1\r\nHost: x\r\nCookie: gg_session={token}\r\n\r\n".encode()
+        )
+        self.stream = self.sock.makefile("rb")
+        assert self.stream.readline().startswith(b"HTTP/1.0 200")
+
+    def until(self, wanted: str, timeout: float = 10.0) -> list[tuple[str, Any]]:
+        """(name, data) of each event read, the last one named ``wanted`` (or the timeout)."""
+        deadline = time.monotonic() + timeout
+        events: list[tuple[str, Any]] = []
+        name = ""
+        while time.monotonic() < deadline and not any(e[0] == wanted for e in events):
+            line = self.stream.readline().decode().rstrip("\n")
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line[6:])))
+        return events
+
+    def close(self) -> None:
+        self.stream.close()
+        self.sock.close()
 
 
 def _alarm(kitchen: BareKitchen, seq: int = 1, source: str = "wok-1") -> None:
@@ -185,24 +216,12 @@ def test_the_live_feed_pushes_a_new_alarm(
     workers()
     b = Browser(desk)
     b.login("li.wei")
-    (token,) = [c.value for c in b.jar]
-    host, port = desk.server.server_address[:2]
-    with socket.create_connection((str(host), port), timeout=10) as s:
-        s.sendall(
-            f"GET /api/events HTTP/1.1\r\nHost: x\r\nCookie: gg_session={token}\r\n\r\n".encode()
-        )
-        stream = s.makefile("rb")
-        assert stream.readline().startswith(b"HTTP/1.0 200")
+    feed = Feed(desk, b)
+    try:
         _alarm(kitchen(SITE))
-        deadline = time.monotonic() + 10
-        events: list[tuple[str, Any]] = []
-        name = ""
-        while time.monotonic() < deadline and not any(e[0] == "incidents" for e in events):
-            line = stream.readline().decode().rstrip("\n")
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                events.append((name, json.loads(line[6:])))
+        events = feed.until("incidents")
+    finally:
+        feed.close()
     pushed = [d for n, d in events if n == "incidents"]
     assert pushed, events
     assert pushed[0]["incidents"][0]["site_id"] == SITE
@@ -282,28 +301,21 @@ def test_the_live_feed_comes_back_after_a_database_restart(
     workers: Callable[..., RunningWorker],
     kitchen: Callable[..., BareKitchen],
 ) -> None:
-    """The desk's LISTEN connection and an open page's stream outlive a PostgreSQL restart:
-    an alarm stored afterwards is still pushed (after a "reload" for what may have been
-    missed meanwhile)."""
+    """A page's open stream outlives a PostgreSQL restart: it is told to reload (what changed
+    meanwhile is not known), and an alarm stored afterwards is still pushed on it."""
     workers()
     k = kitchen(SITE)
     b = Browser(desk)
     b.login("li.wei")
-    pg_cluster.restart()
-    assert wait_for(lambda: desk.server.hub.listening.is_set(), 15)
-    (token,) = [c.value for c in b.jar]
-    host, port = desk.server.server_address[:2]
-    with socket.create_connection((str(host), port), timeout=15) as s:
-        s.sendall(
-            f"GET /api/events HTTP/1.1\r\nHost: x\r\nCookie: gg_session={token}\r\n\r\n".encode()
-        )
-        stream = s.makefile("rb")
-        assert stream.readline().startswith(b"HTTP/1.0 200")
+    feed = Feed(desk, b)
+    try:
+        assert feed.until("hello")
+        pg_cluster.restart()
         _alarm(k)
-        names = []
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and "incidents" not in names:
-            line = stream.readline().decode()
-            if line.startswith("event: "):
-                names.append(line[7:].strip())
-    assert "incidents" in names, names
+        names = [n for n, _ in feed.until("reload")]
+        assert "reload" in names, names
+        _alarm(k, 2, "fryer-1")
+        pushed = [d for n, d in feed.until("incidents") if n == "incidents"]
+    finally:
+        feed.close()
+    assert any(i["source"] == "fryer-1" for d in pushed for i in d["incidents"]), pushed

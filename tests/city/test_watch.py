@@ -91,6 +91,22 @@ def _age(dsn: str, seconds: float, table: str = "incidents", column: str = "stor
         )
 
 
+def _stored(
+    cfg: CityConfig,
+    workers: Callable[..., RunningWorker],
+    kitchen: Callable[..., BareKitchen],
+    *events: tuple[str, str, dict[str, Any]],
+) -> BareKitchen:
+    """A worker running on ``cfg``, and ``events`` (kind, source, details) from the test's
+    kitchen, stored and acknowledged."""
+    workers(cfg=cfg)
+    k = kitchen(SITE)
+    for seq, (kind, source, details) in enumerate(events, 1):
+        k.event(seq, kind, source, **details)
+    assert k.wait_acks(set(range(1, len(events) + 1)))
+    return k
+
+
 def test_an_unacknowledged_alarm_goes_to_the_district_then_the_fire_centre(
     watch_config: CityConfig,
     receiver: Receiver,
@@ -98,10 +114,7 @@ def test_an_unacknowledged_alarm_goes_to_the_district_then_the_fire_centre(
     kitchen: Callable[..., BareKitchen],
 ) -> None:
     cfg = watch_config
-    workers(cfg=cfg)
-    k = kitchen(SITE)
-    k.event(1, "alarm.raised", "wok-1", level="high", lel=62.0)
-    assert k.wait_acks({1})
+    _stored(cfg, workers, kitchen, ("alarm.raised", "wok-1", {"level": "high", "lel": 62.0}))
     watch = Watch(cfg)
     watch.round()
     assert receiver.received == []  # not yet due
@@ -136,11 +149,13 @@ def test_an_acknowledged_alarm_is_not_escalated_and_a_failed_message_is_on_the_t
     kitchen: Callable[..., BareKitchen],
 ) -> None:
     cfg = watch_config
-    workers(cfg=cfg)
-    k = kitchen(SITE)
-    k.event(1, "alarm.raised", "wok-1", level="high", lel=62.0)
-    k.event(2, "fault.raised", "fryer-1", fault="comm")
-    assert k.wait_acks({1, 2})
+    _stored(
+        cfg,
+        workers,
+        kitchen,
+        ("alarm.raised", "wok-1", {"level": "high", "lel": 62.0}),
+        ("fault.raised", "fryer-1", {"fault": "comm"}),
+    )
     with psycopg.connect(cfg.dsn, autocommit=True) as conn:
         conn.execute(
             "UPDATE incidents SET state = 'acknowledged', acked_at = now(), acked_by = 'li.wei'"
@@ -166,10 +181,7 @@ def test_a_silent_site_is_an_incident_until_it_speaks_and_an_officer_closes_it(
     kitchen: Callable[..., BareKitchen],
 ) -> None:
     cfg = watch_config
-    workers(cfg=cfg)
-    k = kitchen(SITE)
-    k.event(1, "controller.started", "site")
-    assert k.wait_acks({1})
+    k = _stored(cfg, workers, kitchen, ("controller.started", "site", {}))
     watch = Watch(cfg)
     watch.round()
     assert rows(cfg.dsn, "SELECT count(*) FROM incidents") == [(0,)]
