@@ -50,15 +50,20 @@ INCIDENT_FROM = (
 
 
 def open_incidents(
-    conn: psycopg.Connection[Any], district: str | None, limit: int = 5000
+    conn: psycopg.Connection[Any],
+    district: str | None,
+    limit: int = 5000,
+    site_id: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Open incidents (not closed), most severe and newest first; ``district`` None = all."""
+    """Open incidents (not closed), most severe and newest first; ``district`` None = all,
+    ``site_id`` one site's only."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
             f"SELECT {INCIDENT_COLUMNS}{INCIDENT_FROM}"
             " WHERE i.state <> 'closed' AND (%s::text IS NULL OR s.district_id = %s)"
+            " AND (%s::text IS NULL OR i.site_id = %s)"
             " ORDER BY i.severity DESC, i.stored_at DESC LIMIT %s",
-            (district, district, limit),
+            (district, district, site_id, site_id, limit),
         ).fetchall()
 
 

@@ -301,7 +301,7 @@ class DeskHandler(BaseHTTPRequestHandler):
         if found is None:
             self._error(HTTPStatus.NOT_FOUND, "no such site in your district")
             return
-        incidents = [i for i in queries.open_incidents(conn, scope) if i["site_id"] == site_id]
+        incidents = queries.open_incidents(conn, scope, site_id=site_id)
         gaps = [{"first": g.first, "last": g.last} for g in queries.gaps(conn, [site_id])]
         self._json(
             HTTPStatus.OK,

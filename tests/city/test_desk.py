@@ -136,6 +136,10 @@ def test_an_officer_sees_and_acts_on_their_own_district_only(
     assert [i["site_id"] for i in seen["xihu"]] == [SITE]
     assert [i["site_id"] for i in seen["gongshu"]] == ["hz-gs-7"]
     assert sorted(i["site_id"] for i in seen["admin"]) == sorted([SITE, "hz-gs-7"])
+    # A site's page lists that site's open incidents only.
+    _, page = admin.get(f"/api/sites/{SITE}")
+    assert [i["site_id"] for i in page["incidents"]] == [SITE]
+    assert page["site"]["district_id"] == "xihu" and page["gaps"] == []
     other = seen["gongshu"][0]["id"]
     status, reply = xihu.post(f"/api/incidents/{other}/acknowledge", {"note": ""})
     assert status == 409 and "not found in your district" in reply["error"]
