@@ -31,6 +31,7 @@ from gateway.core.model import (
     PowerPlan,
     SafetyPlan,
     ValvePlan,
+    sensor_id,
 )
 from gateway.paths import default_control_socket
 from gateway.profiles import Profile, default_profiles_dir, load_profiles
@@ -183,7 +184,15 @@ class Config:
         """What the safety core enforces."""
         return SafetyPlan(
             detectors=tuple(
-                DetectorPlan(d.name, d.zone, d.low_lel, d.high_lel, d.profile.range_lel)
+                DetectorPlan(
+                    d.name,
+                    d.zone,
+                    d.low_lel,
+                    d.high_lel,
+                    d.profile.range_lel,
+                    sensor=sensor_id(d.bus, d.address),
+                    profile=d.profile.fingerprint,
+                )
                 for d in self.detectors
             ),
             valves=tuple(

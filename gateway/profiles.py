@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import struct
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,25 @@ class Profile:
     units_expect: int | None = None
     service_life_years: float = SERVICE_LIFE_YEARS
     calibration_interval_days: int = CALIBRATION_INTERVAL_DAYS
+
+    @property
+    def fingerprint(self) -> str:
+        """The profile's name and a digest of everything that decides what its numbers mean
+        (registers, types, scale, range, status rules): two profiles read the same only if
+        their fingerprints are equal."""
+        meaning = (
+            self.function_code,
+            self.range_lel,
+            self.value_register,
+            self.value_type,
+            self.word_order,
+            self.scale,
+            self.status,
+            self.units_register,
+            self.units_expect,
+        )
+        digest = zlib.crc32(repr(meaning).encode())
+        return f"{self.name}#{digest:08x}"
 
     @property
     def block(self) -> tuple[int, int]:

@@ -108,8 +108,16 @@ def test_example_plan_is_what_the_safety_core_enforces() -> None:
     plan = example().plan()
     assert plan == SafetyPlan(
         detectors=tuple(
-            DetectorPlan(name, "hot-kitchen", 20.0, 50.0, 100.0)
-            for name in ("wok-1", "wok-2", "steamer")
+            DetectorPlan(
+                name,
+                "hot-kitchen",
+                20.0,
+                50.0,
+                100.0,
+                sensor=f"bus0:{address}",  # the latch belongs to the sensor (bus, address)
+                profile=example().detectors[0].profile.fingerprint,
+            )
+            for address, name in enumerate(("wok-1", "wok-2", "steamer"), start=1)
         ),
         valves=(ValvePlan("main-inlet", ("hot-kitchen",), True, 2.0),),
         comm_fault_timeout_s=10.0,
@@ -154,4 +162,4 @@ def test_example_kitchen_starts_closed_opens_on_reset_and_closes_on_gas() -> Non
         decoded = profile.decode([regs.get(a, 0) for a in range(start, start + count)])
         out = core.handle(Reading("steamer", t, decoded.lel, decoded.own_alarm, decoded.fault))
     assert out.valves_open == {"main-inlet": False}
-    assert core.latched() == {"steamer": Level.LOW}
+    assert core.latched() == {"steamer@bus0:3": Level.LOW}

@@ -81,6 +81,17 @@ def build_status(
         faults.append(f"{name}: {text}")
     if view.store_fault is not None:
         faults.append(f"store: {view.store_fault}")
+    orphans = []
+    for o in view.orphans:
+        # A latched alarm and a fault at once: shown in both lists, naming the old detector.
+        level = o.level.name.lower()
+        where = o.sensor or "sensor unknown"
+        alarms.append(f"{o.name}: {level} alarm latched ({where}); detector no longer configured")
+        faults.append(
+            f"{o.name}: orphan latch ({where}): every valve stays closed until a technician "
+            "clears it at the console (clear-orphan)"
+        )
+        orphans.append({"name": o.name, "sensor": o.sensor, "level": level})
     valves = []
     for v in view.valves:
         vc = valve_cfg.get(v.name)
@@ -142,6 +153,7 @@ def build_status(
         },
         "alarms": alarms,
         "faults": faults,
+        "orphan_latches": orphans,
         "sounder": outputs.sounder,
         "silenced": view.silenced,
         "lights": {

@@ -701,6 +701,25 @@ def cmd_reset(c: Console, args: list[str]) -> None:
         )
 
 
+def cmd_clear_orphan(c: Console, args: list[str]) -> None:
+    if len(args) < 2:
+        raise Failed("usage: clear-orphan DETECTOR|BUS:ADDRESS REASON...")
+    latch, reason = args[0], " ".join(args[1:])
+    orphans = c.call("status").get("orphan_latches") or []
+    if not orphans:
+        raise Failed("there is no orphan latch")
+    confirm(
+        c.io,
+        f"Clearing the orphan latch of {latch} lets a reset reopen the gas without that sensor. "
+        "Check on site that the gas is gone at its old place and that the detector now there "
+        "is configured. Your name and the reason are recorded.",
+    )
+    answer = c.call("clear_orphan", latch=latch, reason=reason, operator=c.technician)
+    if not answer.get("accepted"):
+        raise Failed(_answer_text(answer))
+    c.say(f"{latch}: orphan latch cleared (recorded with your reason)")
+
+
 def cmd_inhibit(c: Console, args: list[str]) -> None:
     if len(args) != 2:
         raise Failed("usage: inhibit DETECTOR MINUTES (0 ends it; at most 60)")
@@ -1572,6 +1591,14 @@ def build_commands() -> list[Command]:
             "the manual reset: reopen the gas",
             "Refused, with the reason, while any detector is not normal. Asks for yes.",
             cmd_reset,
+        ),
+        Command(
+            ("clear-orphan",),
+            "clear-orphan LATCH REASON",
+            "clear a removed detector's latch",
+            "An alarm latched on a detector that is no longer configured keeps every valve\n"
+            "closed. LATCH is its old name or BUS:ADDRESS; the reason is recorded.",
+            cmd_clear_orphan,
         ),
         Command(
             ("inhibit",),

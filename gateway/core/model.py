@@ -122,6 +122,18 @@ class Tick:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class OrphanLatchClear:
+    """A technician at the local console clears an orphan latch: an alarm latched on a physical
+    sensor that the configuration no longer names (see ``SafetyCore``). ``latch`` is the old
+    detector's name or its sensor (``bus:address``); ``reason`` is required and recorded."""
+
+    at: float
+    latch: str
+    operator: str
+    reason: str
+
+
 MAX_INHIBIT_S = 3600.0  # a calibration inhibit ends by itself after at most one hour
 MAX_SOUNDER_TEST_S = 30.0
 
@@ -191,6 +203,7 @@ Input = (
     | FanFeedback
     | PowerInput
     | ServiceWarnings
+    | OrphanLatchClear
     | Tick
 )
 
@@ -233,13 +246,46 @@ class Outputs:
 # ---------------------------------------------------------------------------------------------
 
 
+def sensor_id(bus: str, address: int) -> str:
+    """The physical sensor a detector entry stands for: its RS-485 line and Modbus address.
+    A latch belongs to this, never to the detector's name."""
+    return f"{bus}:{address}"
+
+
+LATCH_KEY_SEP = "@"  # names and bus names never contain it (config.NAME_RE)
+
+
+def latch_key(name: str, sensor: str) -> str:
+    """How a latch is stored (latch file, event log): ``name@bus:address``. The sensor decides
+    where the latch belongs at the next start; the name is what people are shown. A plan built
+    by hand (no sensor) stores the name alone."""
+    return f"{name}{LATCH_KEY_SEP}{sensor}" if sensor else name
+
+
+def split_latch_key(key: str) -> tuple[str, str | None]:
+    """(name, sensor) of a stored latch; sensor None for a latch stored by name only (written
+    by a gasguard before latches belonged to sensors)."""
+    name, sep, sensor = key.partition(LATCH_KEY_SEP)
+    return (name, sensor) if sep and sensor else (key, None)
+
+
 @dataclass(frozen=True, slots=True)
 class DetectorPlan:
+    """One detector entry. ``sensor`` is the physical sensor (``sensor_id(bus, address)``) and
+    ``profile`` what its numbers mean (the profile's name and fingerprint); a plan built by
+    hand without them stands for a sensor named like the detector."""
+
     name: str
     zone: str
     low_lel: float
     high_lel: float
     range_lel: float = 100.0  # a value above this is over-range and counts as a high alarm
+    sensor: str = ""
+    profile: str = ""
+
+    @property
+    def sensor_key(self) -> str:
+        return self.sensor or self.name
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.core.fans import FanInterlock, FanView
+from gateway.core.identity import OrphanView, identity_changes, orphan_text
 from gateway.core.model import (
     MAX_INHIBIT_S,
     MAX_SOUNDER_TEST_S,
@@ -62,6 +63,7 @@ from gateway.core.model import (
     Input,
     Level,
     Light,
+    OrphanLatchClear,
     Outputs,
     PowerInput,
     Reading,
@@ -75,6 +77,8 @@ from gateway.core.model import (
     ValveFeedback,
     ValvePlan,
     ValveTestRequest,
+    latch_key,
+    split_latch_key,
 )
 from gateway.core.power import PowerMonitor
 
@@ -121,6 +125,7 @@ class CoreView:
     mains_failed: bool = False
     battery_low: bool = False
     service: tuple[tuple[str, str], ...] = ()  # detectors due for service, with why
+    orphans: tuple[OrphanView, ...] = ()
 
 
 class _Detector:
@@ -203,8 +208,12 @@ class _Valve:
 class SafetyCore:
     """The safety state machine for one site. See the module docstring for its rules.
 
-    ``latched`` restores alarms latched before a restart (from the event store): their valves
-    are closed anyway at start, and the reset still requires those detectors to be normal.
+    ``latched`` restores alarms latched before a restart (latch keys, ``model.latch_key``):
+    each goes back to the detector that now stands for the same physical sensor (bus, address),
+    whatever its name. Their valves are closed anyway at start, and the reset still requires
+    those detectors to be normal. A latch whose sensor the plan no longer has is kept as an
+    **orphan latch**: a latched alarm and a fault that blocks the reset of every valve (its
+    zone is unknown now) until a technician clears it at the console (``OrphanLatchClear``).
     """
 
     def __init__(
@@ -223,24 +232,111 @@ class SafetyCore:
         self._service: tuple[tuple[str, str], ...] = ()
         self._fans = FanInterlock(plan.fans)
         self._power = PowerMonitor(plan.power)
+        # Orphan latches by stored key (``name@sensor``, or a bare name from an older release).
+        self._orphans: dict[str, OrphanView] = {}
+        self.restored: dict[str, Level] = {}  # detector name -> level, for controller.started
         self._apply_plan(plan, now)
-        for name, level in (latched or {}).items():
-            det = self._detectors.get(name)
-            if det is not None and level > Level.NORMAL:
-                det.latched = Level(level)
+        by_sensor = {d.plan.sensor_key: d for d in self._detectors.values()}
+        for key, raw_level in (latched or {}).items():
+            level = Level(raw_level)
+            if level <= Level.NORMAL:
+                continue
+            name, sensor = split_latch_key(key)
+            # A latch stored by name only (before latches belonged to sensors) goes back to the
+            # detector of that name: the one upgrade step that trusts a name.
+            det = by_sensor.get(sensor) if sensor is not None else self._detectors.get(name)
+            if det is None:
+                self._add_orphan(key, OrphanView(name, sensor, level), now)
+                continue
+            if level > det.latched:
+                det.latched = level
+                self.restored[det.plan.name] = level
                 for valve in self._zone_valves.get(det.plan.zone, ()):
-                    valve.reason = f"restart with latched {Level(level).name.lower()} alarm"
+                    valve.reason = f"restart with latched {level.name.lower()} alarm"
+
+    # -- orphan latches ----------------------------------------------------------------------
+
+    def _add_orphan(self, key: str, orphan: OrphanView, now: float) -> None:
+        old = self._orphans.get(key)
+        if old is not None and old.level >= orphan.level:
+            return
+        self._orphans[key] = orphan
+        self._silenced = False
+        self._events.append(
+            Event(
+                "fault.raised",
+                orphan.name,
+                now,
+                {
+                    "fault": "orphan_latch",
+                    "sensor": orphan.sensor,
+                    "level": orphan.level.name.lower(),
+                    "text": orphan_text(orphan),
+                },
+            )
+        )
+
+    def orphans(self) -> dict[str, OrphanView]:
+        """The orphan latches by stored key (for controller.started and the status)."""
+        return dict(self._orphans)
+
+    def _on_orphan_clear(self, req: OrphanLatchClear, now: float) -> None:
+        wanted = req.latch.strip()
+        found = [
+            (k, o) for k, o in self._orphans.items() if wanted and wanted in (o.name, o.sensor)
+        ]
+        reason = req.reason.strip()
+        if not found:
+            known = ", ".join(sorted(o.name for o in self._orphans.values())) or "none"
+            self._refuse(
+                "clear-orphan", req.operator, now, f"no orphan latch {wanted!r} (orphans: {known})"
+            )
+            return
+        if len(found) > 1:
+            self._refuse(
+                "clear-orphan",
+                req.operator,
+                now,
+                f"{wanted!r} names {len(found)} orphan latches: name one by its sensor "
+                f"({', '.join(str(o.sensor) for _, o in found)})",
+            )
+            return
+        if not reason:
+            self._refuse("clear-orphan", req.operator, now, "a reason is required")
+            return
+        key, orphan = found[0]
+        del self._orphans[key]
+        self._events.append(
+            Event(
+                "operator.orphan_cleared",
+                orphan.name,
+                now,
+                {
+                    "operator": req.operator,
+                    "reason": reason[:200],
+                    "sensor": orphan.sensor,
+                    "level": orphan.level.name.lower(),
+                },
+            )
+        )
+        self._events.append(Event("fault.cleared", orphan.name, now, {"fault": "orphan_latch"}))
 
     # -- configuration ---------------------------------------------------------------------
 
     def _apply_plan(self, plan: SafetyPlan, now: float) -> None:
         old_detectors, old_valves = self._detectors, self._valves
+        # A detector's state belongs to its physical sensor: matched by sensor, not by name.
+        old_by_sensor = {d.plan.sensor_key: d for d in old_detectors.values()}
         self._plan = plan
         self._window = max(1, plan.confirm_count)
         self._detectors = {}
         for dp in plan.detectors:
-            old = old_detectors.get(dp.name)
-            if old is not None and old.alarm_window.maxlen == self._window:
+            old = old_by_sensor.get(dp.sensor_key)
+            if (
+                old is not None
+                and old.alarm_window.maxlen == self._window
+                and (old.plan.profile, old.plan.range_lel) == (dp.profile, dp.range_lel)
+            ):
                 old.plan = dp
                 self._detectors[dp.name] = old
             else:
@@ -270,33 +366,62 @@ class SafetyCore:
 
     def replan(self, plan: SafetyPlan, now: float) -> Outputs:
         """Apply a new, already validated plan (config reload). Latches and valve lockouts are
-        kept; new valves start closed; nothing is opened. A plan without a detector whose alarm
-        is latched is refused (``config.refused``, nothing changes): only the local manual
-        reset may clear a latch."""
-        names = {dp.name for dp in plan.detectors}
-        latched = [
-            d for n, d in self._detectors.items() if d.latched > Level.NORMAL and n not in names
-        ]
-        if latched:
-            reasons = [
-                f"detector {d.plan.name} has a latched {d.latched.name.lower()} alarm: it cannot "
-                "be removed until a local reset has cleared the latch"
-                for d in latched
-            ]
+        kept; new valves start closed; nothing is opened. While a detector is latched, in
+        alarm, in fault, inhibited or otherwise not normal, the plan may not change what it
+        stands for: its name, sensor (bus, address), profile, zone, the zone's valves or the
+        zone's two-detector rule; such a plan is refused (``config.refused`` naming the
+        detector, the field and the state; nothing changes): only the local manual reset may
+        clear a latch. An orphan latch whose sensor the new plan names again goes back to it."""
+        held = [(d.plan, self._identity_locked(d)) for d in self._detectors.values()]
+        refusals = identity_changes(held, self._plan, plan)
+        if refusals:
             self._events.append(
                 Event(
                     "config.refused",
                     "site",
                     now,
-                    {"reasons": reasons, "detectors": [d.plan.name for d in latched]},
+                    {
+                        "reasons": [r[2] for r in refusals],
+                        "detectors": sorted({r[0] for r in refusals}),
+                        "fields": sorted({r[1] for r in refusals}),
+                    },
                 )
             )
             return self._finish(now)
         self._apply_plan(plan, now)
+        by_sensor = {d.plan.sensor_key: d for d in self._detectors.values()}
+        for key, orphan in list(self._orphans.items()):
+            det = by_sensor.get(orphan.sensor) if orphan.sensor is not None else None
+            if det is None:
+                continue
+            del self._orphans[key]
+            det.latched = max(det.latched, orphan.level)
+            self._events.append(
+                Event(
+                    "fault.cleared",
+                    orphan.name,
+                    now,
+                    {"fault": "orphan_latch", "latch_now_on": det.plan.name},
+                )
+            )
         self._events.append(
             Event("config.applied", "site", now, {"detectors": len(plan.detectors)})
         )
         return self._finish(now)
+
+    def _identity_locked(self, det: _Detector) -> str | None:
+        """Why ``det`` may not change what it stands for now (None: it is normal)."""
+        if det.latched > Level.NORMAL:
+            return f"has a latched {det.latched.name.lower()} alarm"
+        if det.level > Level.NORMAL:
+            return f"is in {det.level.name.lower()} alarm"
+        if det.fault is not None:
+            return f"is in fault ({det.fault})"
+        if det.inhibited_until is not None:
+            return "is inhibited for calibration"
+        if det.has_reading and not det.is_normal():
+            return "is not normal (its last readings are not all normal and usable)"
+        return None
 
     # -- the one entry point ---------------------------------------------------------------
 
@@ -339,6 +464,8 @@ class SafetyCore:
             self._power.feed(inp)
         elif isinstance(inp, ServiceWarnings):
             self._service = tuple((str(n), str(t)[:200]) for n, t in inp.warnings)
+        elif isinstance(inp, OrphanLatchClear):
+            self._on_orphan_clear(inp, now)
         elif not isinstance(inp, Tick):  # pragma: no cover - the Input union is closed
             raise TypeError(f"unknown safety input {inp!r}")
         return self._finish(now)
@@ -534,6 +661,8 @@ class SafetyCore:
                 )
         if self._power.battery_low:
             blockers.append("power: backup battery low, restore the mains or the battery first")
+        for orphan in self._orphans.values():
+            blockers.append(f"{orphan.name}: {orphan_text(orphan)}")
         return blockers
 
     def _on_reset(self, req: ResetRequest) -> None:
@@ -701,9 +830,14 @@ class SafetyCore:
         # two-detector zone a low alarm alone only warns; a second one (or a high alarm, or a
         # fault) closes.
         votes: dict[str, int] = {}
+        # A zone's voting detectors: those not inhibited. With fewer than two voting, a
+        # two-detector zone closes on a single low alarm (nobody else could confirm it).
+        voters: dict[str, int] = {}
         for det in self._detectors.values():
             if det.latched > Level.NORMAL or det.fault is not None:
                 votes[det.plan.zone] = votes.get(det.plan.zone, 0) + 1
+            if det.inhibited_until is None:
+                voters[det.plan.zone] = voters.get(det.plan.zone, 0) + 1
         for det in self._detectors.values():
             if det.latched == Level.NORMAL and det.fault is None:
                 continue
@@ -712,23 +846,31 @@ class SafetyCore:
                 and det.fault is None
                 and det.latched == Level.LOW
                 and votes[det.plan.zone] < 2
+                and voters.get(det.plan.zone, 0) >= 2
             ):
                 continue
             for valve in self._zone_valves.get(det.plan.zone, ()):
                 if valve.open:
-                    if (
-                        det.latched == Level.LOW
-                        and det.plan.zone in self._plan.two_detector_zones
-                    ):
+                    if det.latched == Level.LOW and det.plan.zone in self._plan.two_detector_zones:
                         why = (
                             f"{det.latched.name.lower()} alarm at {det.plan.name} "
                             f"({votes[det.plan.zone]} detectors of {det.plan.zone})"
                         )
+                        if voters.get(det.plan.zone, 0) < 2:
+                            why = (
+                                f"{det.latched.name.lower()} alarm at {det.plan.name} (fewer "
+                                f"than two detectors of {det.plan.zone} voting: one inhibited)"
+                            )
                     elif det.latched > Level.NORMAL:
                         why = f"{det.latched.name.lower()} alarm at {det.plan.name}"
                     else:
                         why = f"{det.fault} at {det.plan.name}"
                     self._close(valve, now, why)
+        if self._orphans:
+            # An orphan latch's zone is unknown: every valve stays closed until it is cleared.
+            for valve in self._valves.values():
+                if valve.open:
+                    self._close(valve, now, "orphan latch: a latched alarm of a removed detector")
         power_events = self._power.decide(now)
         if any(e.kind in ("power.mains_failed", "power.battery_low") for e in power_events):
             self._silenced = False
@@ -767,9 +909,12 @@ class SafetyCore:
         self._events += fan_events
 
     def _outputs(self) -> Outputs:
-        any_alarm = any(d.latched > Level.NORMAL for d in self._detectors.values())
+        any_alarm = any(d.latched > Level.NORMAL for d in self._detectors.values()) or bool(
+            self._orphans
+        )
         any_fault = (
             any(d.fault is not None for d in self._detectors.values())
+            or bool(self._orphans)
             or any(v.failed for v in self._valves.values())
             or self._store_fault is not None
             or self._fans.any_failed()
@@ -832,11 +977,20 @@ class SafetyCore:
             mains_failed=self._power.mains_failed,
             battery_low=self._power.battery_low,
             service=self._service,
+            orphans=tuple(self._orphans.values()),
         )
 
     def latched(self) -> dict[str, Level]:
-        """Latched alarms, for the store to keep across restarts."""
-        return {n: d.latched for n, d in self._detectors.items() if d.latched > Level.NORMAL}
+        """Latched alarms by latch key (``name@bus:address``) with the orphan latches, for the
+        store to keep across restarts."""
+        out = {
+            latch_key(d.plan.name, d.plan.sensor): d.latched
+            for d in self._detectors.values()
+            if d.latched > Level.NORMAL
+        }
+        for key, orphan in self._orphans.items():
+            out[key] = max(out.get(key, Level.NORMAL), orphan.level)
+        return out
 
 
 def _lel(det: _Detector) -> dict[str, object]:

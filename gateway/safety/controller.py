@@ -180,8 +180,9 @@ class Controller:
             latched = union(latched_from_log(self.events_path), latch_file.load())
             now = self.clock()
             self.started_at = now
+            core = SafetyCore(cfg.plan(), now, latched)
             loop = SafetyLoop(
-                SafetyCore(cfg.plan(), now, latched),
+                core,
                 self.valves,
                 self.annunciator,
                 self.recorder_inbox,
@@ -215,7 +216,15 @@ class Controller:
                         "detectors": len(cfg.detectors),
                         "valves": len(cfg.valves),
                         "fans": len(cfg.fans),
-                        "latched_restored": {k: v.name.lower() for k, v in latched.items()},
+                        # What the core put back on a configured sensor, and what it kept
+                        # as orphan latches (their detector is no longer configured).
+                        "latched_restored": {
+                            k: v.name.lower() for k, v in core.restored.items()
+                        },
+                        "latched_orphaned": {
+                            o.name: {"sensor": o.sensor, "level": o.level.name.lower()}
+                            for o in core.orphans().values()
+                        },
                     },
                 )
             )

@@ -4,7 +4,7 @@ The **control socket** (mode 0660, the service's user and group; the uplinks' us
 its peer credentials) serves the technicians: ``gasguard status``, ``events``, and the console
 after a technician logged in on site: ``silence``, ``reset``, ``inhibit``, ``test_valve``,
 ``test_sounder``, ``reload``, ``duty_answer``, ``record`` (console, commissioning and hazard
-events) and ``scan``. Every action is recorded with the operator's id.
+events), ``scan`` and ``clear_orphan``. Every action is recorded with the operator's id.
 
 The **uplink socket** serves the uplinks process, and nothing there can change an output:
 ``status`` (the same document), ``record`` (``uplink.*`` and ``sms.*`` events only) and
@@ -30,6 +30,7 @@ from gateway.core.model import (
     Event,
     InhibitRequest,
     Input,
+    OrphanLatchClear,
     ResetRequest,
     SilenceRequest,
     SounderTestRequest,
@@ -57,6 +58,7 @@ STATE_CHANGING = frozenset(
         "duty_answer",
         "record",
         "scan",
+        "clear_orphan",
     }
 )
 MAX_REPORT_BYTES = 32 * 1024  # the uplinks' state document
@@ -76,6 +78,7 @@ def control_handlers(controller: Controller) -> dict[str, Handler]:
         "duty_answer": lambda args: _duty_answer(controller, args),
         "record": _record_handler(controller, CONSOLE_KINDS),
         "scan": _scan_handler(controller),
+        "clear_orphan": lambda args: _clear_orphan(controller, args),
     }
 
 
@@ -162,6 +165,15 @@ def _test_sounder(controller: Controller, args: dict[str, Any]) -> dict[str, Any
     seconds = int_arg("test_sounder", args, "seconds", 1, int(MAX_SOUNDER_TEST_S), 3)
     operator = str_arg("test_sounder", args, "operator", "console")
     return _ask(controller, SounderTestRequest(controller.clock(), float(seconds), operator))
+
+
+def _clear_orphan(controller: Controller, args: dict[str, Any]) -> dict[str, Any]:
+    """A technician clears an orphan latch (signed, with a reason): see ``SafetyCore``."""
+    only_args("clear_orphan", args, ("latch", "reason", "operator"))
+    latch = str_arg("clear_orphan", args, "latch", "")
+    reason = str_arg("clear_orphan", args, "reason", "", max_len=200)
+    operator = str_arg("clear_orphan", args, "operator", "console")
+    return _ask(controller, OrphanLatchClear(controller.clock(), latch, operator, reason))
 
 
 def _duty_answer(controller: Controller, args: dict[str, Any]) -> dict[str, Any]:

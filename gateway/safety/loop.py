@@ -109,6 +109,7 @@ class SafetyLoop:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._cycle_listeners: list[Callable[[], None]] = []
+        self._last_latched = core.latched()  # what the store was given (restored at start)
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -224,8 +225,12 @@ class SafetyLoop:
         if out.events:
             for event in out.events:
                 self.recorder_inbox.put((wall, event))
-            if any(e.kind in ("alarm.raised", "operator.reset") for e in out.events):
-                self.recorder_inbox.put(LatchedSnapshot(core.latched()))
+            # Whenever the latches changed (an alarm, a reset, an orphan cleared or re-attached
+            # by a reload): only then, so the latch file is written once per change.
+            latched = core.latched()
+            if latched != self._last_latched:
+                self._last_latched = latched
+                self.recorder_inbox.put(LatchedSnapshot(latched))
         view = core.view()
         if not self.first_poll_done.is_set() and all(
             d.has_reading or d.fault is not None for d in view.detectors

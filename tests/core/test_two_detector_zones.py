@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from gateway.core.model import FanPlan, Level, Light, SafetyPlan
+from gateway.core.model import FanPlan, InhibitRequest, Level, Light, SafetyPlan
 from tests.core.test_safety_core import HOT, Kitchen, kitchen_plan
 
 
@@ -63,3 +63,20 @@ def test_a_latched_low_alarm_and_a_later_one_at_the_other_detector_close_it() ->
     assert k.out.valves_open["main-inlet"] is True
     alarm(k, "wok-2", 30.0)
     assert k.out.valves_open["main-inlet"] is False
+
+
+def test_with_one_of_two_detectors_inhibited_a_single_low_alarm_closes_the_zone() -> None:
+    """Issue 27, item 2: det-2 inhibited for calibration, both at 30 %LEL: the other one's
+    low alarm alone closes the valve (nobody is left to confirm it)."""
+    k = Kitchen(plan()).running()
+    k.feed(InhibitRequest(k.at(), "wok-2", 300.0, "tech"))
+    alarm(k, "wok-2", 30.0)  # a test alarm: reported, not latched
+    alarm(k, "wok-1", 30.0)
+    assert k.detector("wok-1").latched == Level.LOW
+    assert k.detector("wok-2").latched == Level.NORMAL
+    assert k.out.valves_open["main-inlet"] is False
+    assert "one inhibited" in k.valve("main-inlet").reason
+    # With both voting again a single low alarm only warns, as before.
+    k2 = Kitchen(plan()).running()
+    alarm(k2, "wok-1", 30.0)
+    assert k2.out.valves_open["main-inlet"] is True

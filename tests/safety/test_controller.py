@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from gateway.api.control import ControlClient, ControlError
+from gateway.config import load_config
 from gateway.core.model import Level
 from gateway.paths import uplink_socket
 from gateway.safety.controller import Controller
@@ -179,7 +180,7 @@ def test_restart_with_latched_alarm_keeps_the_valve_closed(
     again.start()
     try:
         assert again.core is not None
-        assert again.core.latched() == {"wok-1": Level.LOW}
+        assert again.core.latched() == {"wok-1@bus0:1": Level.LOW}
         assert again.first_poll_done.wait(5)
         time.sleep(0.5)
         assert not kitchen.valve_coil_energised()
@@ -187,6 +188,55 @@ def test_restart_with_latched_alarm_keeps_the_valve_closed(
         time.sleep(0.3)
         assert not kitchen.valve_coil_energised()
         kitchen.set_gas("wok-1", 1.0)
+        opened(kitchen, again)
+    finally:
+        again.stop()
+
+
+def test_a_restart_with_the_latched_detector_edited_out_keeps_an_orphan_latch(
+    kitchen: SimulatedKitchen, controller: Controller
+) -> None:
+    """Issue 27: wok-1 latched with the leak present, its [[detector]] deleted by hand, restart.
+    The latch stays on its sensor (bus0:1) as an orphan latch: no reset opens the gas until a
+    technician clears it, signed and with a reason."""
+    opened(kitchen, controller)
+    kitchen.set_gas("wok-1", 60.0)
+    assert wait_for(lambda: not kitchen.valve_coil_energised(), 3)
+    controller.stop()
+    path = kitchen.config_path
+    text = path.read_text()
+    start = text.index('[[detector]]\nname = "wok-1"')
+    path.write_text(text[:start] + text[text.index("[[", start + 5) :])
+    again = Controller(load_config(path), pin_factory=kitchen.factory, simulated=True)
+    again.start()
+    try:
+        assert again.first_poll_done.wait(5)
+        assert again.recorder is not None and again.recorder.flush(5)
+        with EventStore.open_readonly(again.events_path) as reader:
+            started = [e for e in reader.recent(1000) if e.kind == "controller.started"][-1]
+        assert started.details["latched_restored"] == {}
+        assert started.details["latched_orphaned"] == {
+            "wok-1": {"sensor": "bus0:1", "level": "high"}
+        }
+        status = again.status()
+        assert status["orphan_latches"] == [{"name": "wok-1", "sensor": "bus0:1", "level": "high"}]
+        assert any(f.startswith("wok-1: orphan latch") for f in status["faults"])
+        assert wait_for(lambda: len(again.status()["reset_blockers"]) == 1, 5)
+        kitchen.press_reset()  # refused: the orphan latch blocks every valve
+        assert wait_for(lambda: "operator.reset_refused" in kinds(again), 3)
+        assert not kitchen.valve_coil_energised()
+        client = ControlClient(again.config.control_socket)
+        with pytest.raises(ControlError, match="reason"):
+            client.call("clear_orphan", latch="wok-1", reason="", operator="li.wei")
+        answer = client.call(
+            "clear_orphan", latch="bus0:1", reason="detector moved, no gas", operator="li.wei"
+        )
+        assert answer["accepted"], answer
+        assert again.recorder is not None and again.recorder.flush(5)
+        with EventStore.open_readonly(again.events_path) as reader:
+            cleared = [e for e in reader.recent(1000) if e.kind == "operator.orphan_cleared"]
+        assert cleared and cleared[0].details["operator"] == "li.wei"
+        assert cleared[0].details["reason"] == "detector moved, no gas"
         opened(kitchen, again)
     finally:
         again.stop()
