@@ -5,14 +5,14 @@ from __future__ import annotations
 import contextlib
 import datetime
 import math
-import os
-import stat
 import tomllib
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from gateway.regularfile import FileTooLarge, NotARegularFile, read_regular
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,31 +228,15 @@ def _read_regular_file(path: Path) -> str:
     """The file's text. Opened without blocking (a FIFO must not hang the loader) and checked
     to be a regular file of bounded size before anything is read."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        data = read_regular(path, MAX_FILE_BYTES)
+    except FileTooLarge as e:
+        raise _file_problem(path, f"a file of at most {MAX_FILE_BYTES} bytes ({e})") from None
+    except NotARegularFile:
+        raise _file_problem(path, "a regular file (not a FIFO, device or directory)") from None
     except OSError as e:
         raise _file_problem(path, f"a readable TOML file ({e.strerror or e})") from None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise _file_problem(path, "a regular file (not a FIFO, device or directory)")
-        if st.st_size > MAX_FILE_BYTES:
-            raise _file_problem(path, f"a file of at most {MAX_FILE_BYTES} bytes ({st.st_size})")
-        chunks = []
-        total = 0
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > MAX_FILE_BYTES:
-                raise _file_problem(path, f"a file of at most {MAX_FILE_BYTES} bytes")
-            chunks.append(chunk)
-    except OSError as e:
-        raise _file_problem(path, f"a readable TOML file ({e.strerror or e})") from None
-    finally:
-        os.close(fd)
-    try:
-        return b"".join(chunks).decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise _file_problem(
             path, f"a readable TOML file (not UTF-8: {e.reason} at byte {e.start})"

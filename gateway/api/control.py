@@ -14,9 +14,16 @@ Safety-relevant defaults:
 * socket file mode 0660: only the service's user and group may connect (a reset from this
   socket counts as local, so it must not be open to every account on the Pi);
 * at most 8 connections at once (2 more kept for root and the service's own user, i.e. the
-  console), requests at most 64 KiB, a client that does not finish a request within 10 s is
-  dropped, and no connection lives longer than 30 s: stuck or hostile clients cannot starve the
-  others nor lock the console out;
+  console), at most 3 from any one ordinary uid, requests at most 64 KiB, a client that does
+  not finish a request within 10 s is dropped, and no connection lives longer than 30 s: stuck
+  or hostile clients cannot starve the others nor lock the console out; the listen backlog
+  (128) absorbs a burst of connects, and the client retries a full backlog (EAGAIN) for a
+  moment;
+* ``allow_uids`` (SO_PEERCRED): a socket that only some users may use at all (the uplink
+  socket: root and the uplinks' user); ``refuse_uids``: users that may not (the uplinks' user
+  on the control socket). Refusals are logged at most once a second per uid, with a count;
+* ``rate_limits``: per peer uid and command, a token bucket (rate per second, burst); a peer
+  over it gets a clear refusal and changes nothing;
 * a stale socket file is replaced, but a socket another live controller answers on, or a file
   that is not a socket, is left alone and start() fails with a clear error.
 """
@@ -43,6 +50,9 @@ MAX_REQUEST_BYTES = 64 * 1024
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 MAX_CONNECTIONS = 8
 RESERVED_CONNECTIONS = 2  # beyond MAX_CONNECTIONS, only for root and the service's own user
+MAX_CONNECTIONS_PER_UID = 3  # from any one uid that is not root or the service's own user
+LISTEN_BACKLOG = 128  # connects waiting for accept(); a burst must not refuse the console
+CONNECT_RETRY_S = 1.0  # how long a client retries a full backlog (EAGAIN) before giving up
 CLIENT_TIMEOUT_S = 10.0
 CONNECTION_LIFETIME_S = 30.0  # a connection is closed after this, however busy
 SOCKET_MODE = 0o660
@@ -50,6 +60,59 @@ SOCKET_MODE = 0o660
 # five bytes longer first (see start()).
 MAX_SOCKET_PATH_BYTES = 107
 REQUEST_KEYS = ("cmd", "args", "id")
+
+
+class _Throttled:
+    """Counts repeated warnings by key and logs one line a second per key with the count, so a
+    flood of refused peers cannot flood the journal (nor cost the process its time)."""
+
+    def __init__(self, event: str, every_s: float = 1.0) -> None:
+        self.event = event
+        self.every_s = every_s
+        self._lock = threading.Lock()
+        self._counts: dict[Any, tuple[float, int]] = {}
+
+    def warn(self, key: Any, **fields: Any) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last, count = self._counts.get(key, (-1e9, 0))
+            count += 1
+            due = now - last >= self.every_s
+            if due:
+                self._counts[key] = (now, 0)
+            else:
+                self._counts[key] = (last, count)
+                return
+        warn(self.event, count=count, **fields)
+
+
+class _Buckets:
+    """Token buckets per (uid, command): ``limits`` maps a command to (rate per s, burst)."""
+
+    def __init__(self, limits: Mapping[str, tuple[float, float]]) -> None:
+        for cmd, (rate, burst) in limits.items():
+            if not rate > 0 or not burst >= 1:
+                raise ValueError(f"rate limit of {cmd!r}: ({rate!r}, {burst!r}) must be > 0, >= 1")
+        self.limits = dict(limits)
+        self._lock = threading.Lock()
+        self._state: dict[tuple[int | None, str], tuple[float, float]] = {}
+
+    def take(self, uid: int | None, cmd: str) -> bool:
+        limit = self.limits.get(cmd)
+        if limit is None:
+            return True
+        rate, burst = limit
+        now = time.monotonic()
+        with self._lock:
+            if len(self._state) > 4096:  # uids are few; never let the table grow unbounded
+                self._state.clear()
+            tokens, at = self._state.get((uid, cmd), (burst, now))
+            tokens = min(burst, tokens + (now - at) * rate)
+            if tokens < 1.0:
+                self._state[(uid, cmd)] = (tokens, now)
+                return False
+            self._state[(uid, cmd)] = (tokens - 1.0, now)
+            return True
 
 
 class ControlError(Exception):
@@ -123,6 +186,14 @@ def _peer(conn: socket.socket) -> tuple[int, int] | None:
     return int(pid), int(uid)
 
 
+def _refuse(conn: socket.socket, text: str) -> None:
+    """Answer a connection we will not serve with ``text`` and close it (never blocks long)."""
+    with contextlib.suppress(OSError):
+        conn.settimeout(0.2)
+        conn.sendall(_error_line(text))
+    conn.close()
+
+
 def _peer_uid(conn: socket.socket) -> int | None:
     peer = _peer(conn)
     return None if peer is None else peer[1]
@@ -142,6 +213,9 @@ class ControlServer:
         refuse_uids: Collection[int] = (),
         privileged: Collection[str] = (),
         privileged_uids: Collection[int] | None = None,
+        allow_uids: Collection[int] | None = None,
+        rate_limits: Mapping[str, tuple[float, float]] | None = None,
+        max_per_uid: int = MAX_CONNECTIONS_PER_UID,
     ) -> None:
         for name in handlers:
             if not isinstance(name, str) or not name:
@@ -164,6 +238,14 @@ class ControlServer:
         self.privileged_uids = frozenset(
             {0, os.getuid()} if privileged_uids is None else privileged_uids
         )
+        # None: any peer the socket's file mode lets in; else only these uids at all.
+        self.allow_uids = None if allow_uids is None else frozenset(allow_uids)
+        self.max_per_uid = max_per_uid
+        self._buckets = _Buckets(rate_limits or {})
+        self._refused_log = _Throttled("control.peer_refused")
+        self._busy_log = _Throttled("control.busy")
+        self._limited_log = _Throttled("control.rate_limited")
+        self._per_uid: dict[int | None, int] = {}  # open connections by peer uid
         self._listener: socket.socket | None = None
         self._inode: int | None = None
         self._accept_thread: threading.Thread | None = None
@@ -196,7 +278,7 @@ class ControlServer:
             # never reachable at `path` with the default (umask) permissions.
             listener.bind(os.fspath(temp))
             os.chmod(temp, SOCKET_MODE)
-            listener.listen(16)
+            listener.listen(LISTEN_BACKLOG)
             os.replace(temp, path)
             self._inode = os.stat(path).st_ino
         except OSError as e:
@@ -276,39 +358,36 @@ class ControlServer:
                 time.sleep(0.1)
                 continue
             peer_uid = _peer_uid(conn)
-            if self.refuse_uids and peer_uid in self.refuse_uids:
-                warn("control.peer_refused", path=self.path, uid=peer_uid)
-                with contextlib.suppress(OSError):
-                    conn.settimeout(1.0)
-                    conn.sendall(_error_line("refused: this user may not use this socket"))
-                conn.close()
+            if (self.refuse_uids and peer_uid in self.refuse_uids) or (
+                self.allow_uids is not None and peer_uid not in self.allow_uids
+            ):
+                self._refused_log.warn(peer_uid, path=self.path, uid=peer_uid)
+                _refuse(conn, "refused: this user may not use this socket")
                 continue
             # Room is kept for the console and root: other local clients (however many, however
-            # slow) can never take the last slots.
-            limit = self.max_connections + (
-                RESERVED_CONNECTIONS if peer_uid in self.privileged_uids else 0
-            )
+            # slow, from however many uids) can never take the last slots.
+            privileged = peer_uid in self.privileged_uids
+            limit = self.max_connections + (RESERVED_CONNECTIONS if privileged else 0)
             with self._lock:
-                busy = len(self._clients) >= limit
+                mine = self._per_uid.get(peer_uid, 0)
+                busy = len(self._clients) >= limit or (not privileged and mine >= self.max_per_uid)
                 if not busy:
                     thread = threading.Thread(
-                        target=self._serve, args=(conn,), name="control-conn", daemon=True
+                        target=self._serve, args=(conn, peer_uid), name="control-conn", daemon=True
                     )
                     self._clients[conn] = thread
+                    self._per_uid[peer_uid] = mine + 1
             if busy:
-                warn("control.busy", path=self.path, limit=self.max_connections)
-                with contextlib.suppress(OSError):
-                    conn.settimeout(1.0)
-                    conn.sendall(
-                        _error_line(
-                            f"busy: at most {self.max_connections} control connections at once"
-                        )
-                    )
-                conn.close()
+                self._busy_log.warn(peer_uid, path=self.path, uid=peer_uid)
+                _refuse(
+                    conn,
+                    f"busy: at most {self.max_connections} control connections at once, "
+                    f"{self.max_per_uid} from one user",
+                )
             else:
                 thread.start()
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, peer_uid: int | None) -> None:
         try:
             self._serve_lines(conn, _peer(conn))
         except OSError as e:
@@ -319,6 +398,11 @@ class ControlServer:
         finally:
             with self._lock:
                 self._clients.pop(conn, None)
+                left = self._per_uid.get(peer_uid, 1) - 1
+                if left > 0:
+                    self._per_uid[peer_uid] = left
+                else:
+                    self._per_uid.pop(peer_uid, None)
             conn.close()
 
     def _serve_lines(self, conn: socket.socket, peer: tuple[int, int] | None) -> None:
@@ -411,6 +495,15 @@ class ControlServer:
                     request_id,
                 )
             log("control.command", cmd=cmd, uid=uid, pid=pid)
+        if not self._buckets.take(None if peer is None else peer[1], cmd):
+            uid = None if peer is None else peer[1]
+            self._limited_log.warn((uid, cmd), path=self.path, cmd=cmd, uid=uid)
+            rate, burst = self._buckets.limits[cmd]
+            return _error_line(
+                f"{cmd}: rate limited: at most {rate:g} a second (bursts of {burst:g}) per user; "
+                "nothing was done",
+                request_id,
+            )
         args = request.get("args", {})
         if not isinstance(args, dict):
             return _error_line(f"{cmd}: args {_short(args)}: must be a JSON object", request_id)
@@ -450,16 +543,8 @@ class ControlClient:
         except (TypeError, ValueError) as e:
             raise ControlError(f"{cmd}: arguments are not JSON: {e}") from e
         deadline = time.monotonic() + self.timeout
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = self._connect(deadline)
         try:
-            sock.settimeout(self.timeout)
-            try:
-                sock.connect(os.fspath(self.path))
-            except OSError as e:
-                raise ControlError(
-                    f"no controller listening at {self.path}: {e.strerror or e} "
-                    "(is the gasguard service running, and are you in its group?)"
-                ) from e
             try:
                 # The server may have answered and hung up first (busy): read its reason.
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
@@ -485,6 +570,33 @@ class ControlClient:
         if not isinstance(result, dict):
             raise ControlError(f"{cmd}: the controller's result is not an object: {_short(result)}")
         return result
+
+    def _connect(self, deadline: float) -> socket.socket:
+        """A connected socket. A full listen backlog (EAGAIN: a burst of other clients) is
+        retried for up to CONNECT_RETRY_S; anything else fails at once."""
+        retry_until = min(deadline, time.monotonic() + CONNECT_RETRY_S)
+        delay = 0.01
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(os.fspath(self.path))
+                return sock
+            except BlockingIOError as e:
+                sock.close()
+                if time.monotonic() + delay > retry_until:
+                    raise ControlError(
+                        f"the controller at {self.path} is busy (its queue of connections is "
+                        f"full): {e.strerror or e}"
+                    ) from e
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+            except OSError as e:
+                sock.close()
+                raise ControlError(
+                    f"no controller listening at {self.path}: {e.strerror or e} "
+                    "(is the gasguard service running, and are you in its group?)"
+                ) from e
 
     def _read_line(self, sock: socket.socket, deadline: float) -> bytes:
         buf = bytearray()

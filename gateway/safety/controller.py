@@ -51,12 +51,13 @@ from gateway.maintenance import warnings as service_warnings
 from gateway.paths import EVENTS_DB, events_db, uplink_socket
 from gateway.safety.handlers import (
     STATE_CHANGING,
+    UPLINK_RATE_LIMITS,
     control_handlers,
     report_age_s,
     uplink_handlers,
 )
 from gateway.safety.loop import TICK_S, LoopTimeout, Replan, SafetyLoop, Snapshot
-from gateway.safety.peers import uplink_uids
+from gateway.safety.peers import uplink_socket_uids, uplink_uids
 from gateway.safety.pollers import Pollers
 from gateway.safety.trendwatch import TrendWatch
 from gateway.store.events import StoredEvent, latched_from_log
@@ -242,7 +243,10 @@ class Controller:
             )
             self.control.start()
             self.uplink_server = ControlServer(
-                uplink_socket(cfg.control_socket), uplink_handlers(self)
+                uplink_socket(cfg.control_socket),
+                uplink_handlers(self),
+                allow_uids=uplink_socket_uids(),
+                rate_limits=UPLINK_RATE_LIMITS,
             )
             self.uplink_server.start()
             self.trend = TrendWatch(lambda: self.snapshot, cfg.data_dir, wall=self.wall)

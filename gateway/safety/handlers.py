@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway.api.control import CommandError, Handler, int_arg, only_args, str_arg
@@ -62,6 +63,10 @@ STATE_CHANGING = frozenset(
     }
 )
 MAX_REPORT_BYTES = 32 * 1024  # the uplinks' state document
+# Per peer uid and command on the uplink socket: (rate per second, burst). The uplinks process
+# records a handful of its own events a minute and reports its state every few seconds.
+UPLINK_RATE_LIMITS = {"record": (5.0, 50.0), "report": (2.0, 10.0), "status": (20.0, 40.0)}
+DUTY_CHECK_MIN_INTERVAL_S = 60.0  # at most one duty check (查岗) chirp a minute, one pending
 
 
 def control_handlers(controller: Controller) -> dict[str, Handler]:
@@ -86,7 +91,7 @@ def uplink_handlers(controller: Controller) -> dict[str, Handler]:
     """The uplink socket's commands: nothing that changes an output."""
     return {
         "status": lambda args: _status(controller, args),
-        "record": _record_handler(controller, UPLINK_KINDS),
+        "record": _record_handler(controller, UPLINK_KINDS, duty_check_gate(controller)),
         "report": lambda args: _report(controller, args),
     }
 
@@ -192,9 +197,35 @@ def _reload(controller: Controller, args: dict[str, Any]) -> dict[str, Any]:
 # -- records from the console and the uplinks ----------------------------------------------------
 
 
-def _record_handler(controller: Controller, kinds: Kinds) -> Handler:
+def duty_check_gate(controller: Controller) -> Callable[[str], None]:
+    """Raises CommandError for a duty check (查岗) while one is pending or within
+    DUTY_CHECK_MIN_INTERVAL_S of the last accepted one: each chirps the sounder and waits for
+    the staff, so a peer must not be able to make the kitchen's sounder chirp at will."""
+    lock = threading.Lock()
+    last: list[float] = []
+
+    def gate(kind: str) -> None:
+        if kind != "uplink.duty_check":
+            return
+        with lock:
+            now = controller.clock()
+            if controller.duty_check_pending is not None:
+                raise CommandError("record: a duty check is already waiting for the staff")
+            if last and now - last[0] < DUTY_CHECK_MIN_INTERVAL_S:
+                raise CommandError(
+                    f"record: at most one duty check every {DUTY_CHECK_MIN_INTERVAL_S:g} s"
+                )
+            last[:] = [now]
+
+    return gate
+
+
+def _record_handler(
+    controller: Controller, kinds: Kinds, gate: Callable[[str], None] | None = None
+) -> Handler:
     """``record {kind, source, details, utc?}``: one event into the recorder's queue (``put``
-    never blocks and never touches the safety thread), only of ``kinds``."""
+    never blocks and never touches the safety thread), only of ``kinds``; ``gate`` may refuse
+    one (CommandError) before it is queued."""
 
     def record(args: dict[str, Any]) -> dict[str, Any]:
         only_args("record", args, ("kind", "source", "details", "utc"))
@@ -209,6 +240,8 @@ def _record_handler(controller: Controller, kinds: Kinds) -> Handler:
             )
         except RecordError as e:
             raise CommandError(str(e)) from None
+        if gate is not None:
+            gate(kind)
         controller.record(Event(kind, source, controller.clock(), details), utc)
         return {"recorded": True}
 

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from gateway.core.model import Level
+from gateway.regularfile import open_regular, read_regular
 
 LATCH_FILE = "latched.state"
 SLOT = 2048  # bytes per slot: a kitchen's latched detectors fit many times over
@@ -54,13 +55,19 @@ class LatchFile:
         self._generation = 0
         self._last: dict[str, Level] | None = None
         self._direct = hasattr(os, "O_DIRECT")  # until a direct write is refused here
+        self.problem: str | None = None  # why the file could not be read at all (None: fine)
 
     def load(self) -> dict[str, Level]:
         """The latched levels of the newest valid slot ({} when there is no usable file). A
-        level that cannot be read is taken as HIGH (fail safe: the reset must wait for it)."""
+        level that cannot be read is taken as HIGH (fail safe: the reset must wait for it).
+        A FIFO, device or oversized file is never read (nor waited on): ``problem`` says so,
+        the recorder reports it as a store fault, and the latches come from the event log."""
         try:
-            data = self.path.read_bytes()
-        except OSError:
+            data = read_regular(self.path, SIZE)
+        except FileNotFoundError:
+            return {}
+        except OSError as e:
+            self.problem = f"latch file {self.path}: {e}"
             return {}
         best: tuple[int, dict[str, Level]] | None = None
         for start in (0, SLOT):
@@ -115,7 +122,7 @@ class LatchFile:
     def _ensure_size(self) -> None:
         """Create the file at full size if it is not (once; later writes only overwrite)."""
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
+            fd = open_regular(self.path, os.O_RDWR | os.O_CREAT, SIZE)
         except OSError as e:
             raise LatchFileError(f"latch file {self.path}: cannot open: {e}") from e
         try:
@@ -133,7 +140,7 @@ class LatchFile:
         ``fdatasync``. False (and direct writes given up for this file) when the filesystem or
         device refuses direct I/O; OSError for a real write error."""
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_DIRECT)
+            fd = open_regular(self.path, os.O_RDWR | os.O_DIRECT, SIZE)
         except OSError as e:
             if e.errno != errno.EINVAL:
                 raise
@@ -158,7 +165,7 @@ class LatchFile:
         return True
 
     def _write_buffered(self, record: bytes, offset: int) -> None:
-        fd = os.open(self.path, os.O_RDWR)
+        fd = open_regular(self.path, os.O_RDWR, SIZE)
         try:
             os.pwrite(fd, record, offset)
             os.fdatasync(fd)
@@ -170,6 +177,8 @@ class LatchFile:
         """Create the file at full size now (at start-up, while there is room), keeping what it
         holds. LatchFileError when it cannot."""
         latched = self.load()
+        if self.problem is not None:
+            raise LatchFileError(self.problem)
         if not self.path.exists() or self.path.stat().st_size < SIZE:
             self.save(latched)
 

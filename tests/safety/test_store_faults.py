@@ -174,3 +174,45 @@ def test_a_store_deleted_while_running_is_noticed_and_the_latch_kept(
         assert not kitchen.valve_coil_energised("main-inlet")
     finally:
         again.stop()
+
+
+@pytest.mark.parametrize("shape", ["fifo", "device", "huge"])
+def test_a_latch_file_that_is_no_regular_file_is_a_store_fault_never_a_hang(
+    tmp_path: Path, shape: str
+) -> None:
+    """Issue 27, item 5: ``latched.state`` as a FIFO (nobody writes: opening it used to wait for
+    ever, so no polling and no READY), a device, or a huge file. The controller starts, polls,
+    shows a store fault naming the latch file, and the latches come from the event log."""
+    kitchen = SimulatedKitchen(
+        tmp_path, buses=BUSES, detectors=DETECTORS, poll_period_s=0.2, comm_fault_timeout_s=3.0
+    )
+    config = kitchen.start()
+    kitchen.set_all_gas(1.0)
+    try:
+        first = Controller(config, pin_factory=kitchen.factory, simulated=True)
+        first.start()
+        try:
+            leak_closes_the_valve(kitchen)  # wok-1 latched, in the log and the latch file
+        finally:
+            first.stop()
+        latch = config.data_dir / "latched.state"
+        latch.unlink()
+        if shape == "fifo":
+            os.mkfifo(latch)
+        elif shape == "device":
+            latch.symlink_to("/dev/zero")
+        else:
+            with latch.open("wb") as f:
+                f.truncate(64 * 1024 * 1024)  # sparse: costs no disk
+        again = Controller(config, pin_factory=kitchen.factory, simulated=True)
+        again.start()
+        try:
+            assert again.first_poll_done.wait(10), "no READY: the start hung on the latch file"
+            assert wait_for(lambda: (store_fault(again) or "").find("latched.state") >= 0, 10)
+            assert again.core is not None
+            assert {k.split("@")[0] for k in again.core.latched()} == {"wok-1"}  # from the log
+            assert wait_for(lambda: not kitchen.valve_coil_energised("main-inlet"), 1)
+        finally:
+            again.stop()
+    finally:
+        kitchen.stop()
