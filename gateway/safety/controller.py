@@ -18,7 +18,6 @@ stay in their own processes.
 from __future__ import annotations
 
 import datetime
-import queue
 import signal
 import threading
 import time
@@ -60,9 +59,10 @@ from gateway.safety.loop import TICK_S, LoopTimeout, Replan, SafetyLoop, Snapsho
 from gateway.safety.peers import uplink_socket_uids, uplink_uids
 from gateway.safety.pollers import Pollers
 from gateway.safety.trendwatch import TrendWatch
+from gateway.store.backlog import RecorderInbox
 from gateway.store.events import StoredEvent, latched_from_log
 from gateway.store.latchfile import LatchFile, latch_path, union
-from gateway.store.recorder import Recorder, RecorderItem
+from gateway.store.recorder import Recorder, RecorderItem, new_inbox
 from gateway.trend import TrendWarning
 from gateway.validate import ConfigError
 
@@ -102,7 +102,7 @@ class Controller:
         self.clock = clock
         self.wall = wall
         self._pin_factory = pin_factory
-        self.recorder_inbox: queue.SimpleQueue[RecorderItem] = queue.SimpleQueue()
+        self.recorder_inbox: RecorderInbox[RecorderItem] = new_inbox()
         self.events_path = events_db(config.data_dir)
         self.valves: dict[str, ShutoffValve] = {}
         self.fans: dict[str, ExhaustFan] = {}
@@ -547,8 +547,11 @@ class Controller:
             "path": str(self.events_path),
             "ok": recorder is not None and recorder.health is None,
             "error": recorder.health if recorder is not None else "not started",
-            "backlog": recorder.backlog if recorder is not None else 0,
-            "dropped": recorder.dropped if recorder is not None else 0,
+            # Waiting in memory: taken by the recorder, and still in its inbox.
+            "backlog": (recorder.backlog if recorder is not None else 0)
+            + self.recorder_inbox.waiting,
+            "dropped": (recorder.dropped if recorder is not None else 0)
+            + self.recorder_inbox.dropped,
         }
         status["duty_check_pending_utc"] = self.duty_check_pending
         return status

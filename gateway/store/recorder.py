@@ -1,7 +1,8 @@
 """The recorder thread: stores events *after* the valve has acted, then logs and forwards them.
 
 The safety thread never touches the disk, the log or a lock held by another thread (valve first).
-It only puts items into a ``queue.SimpleQueue`` (unbounded, ``put`` never blocks):
+It only puts items into a ``RecorderInbox`` (a ``queue.SimpleQueue``: ``put`` never blocks;
+counted, and bounded for the events that may be dropped, see ``gateway.store.backlog``):
 
 * ``(utc, Event)``: one event, ``utc`` from ``time.time()`` when it happened;
 * ``LatchedSnapshot(latched)``: the latched alarms as they are now, to survive a restart.
@@ -29,17 +30,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.core.kinds import EVENTS_LOST, may_drop
 from gateway.core.model import Event, Level
 from gateway.log import error, log, warn
+from gateway.store.backlog import (
+    MAX_DROPPABLE_BYTES,
+    MAX_KEPT_BYTES,
+    Backlog,
+    RecorderInbox,
+)
 from gateway.store.events import EventStore, EventStoreError, StoredEvent, last_seq_of
 from gateway.store.latchfile import LatchFile, LatchFileError
 
 # Events whose log line is a warning: what a technician looks for first.
 _WARN_KINDS = ("alarm.", "fault.raised", "valve.failed", "operator.reset_refused")
-# Events never dropped from a backlog that outgrew MAX_BACKLOG while the store was failing.
-_KEEP_KINDS = ("alarm.", "fault.", "valve.", "operator.", "store.")
 MAX_BATCH = 500
-MAX_BACKLOG = 100_000  # items held in memory while the store fails (a few tens of MB at most)
+DROP_LOG_EVERY_S = 1.0  # drops from the backlog are logged at most this often, with a count
 IDLE_CHECK_S = 2.0  # with nothing to store, the log file is still checked this often
 FULL_BELOW_BYTES = 256 * 1024  # an I/O error with less room than this is a full disk
 
@@ -63,6 +69,25 @@ class RecorderMark:
 
 
 RecorderItem = tuple[float, Event] | LatchedSnapshot | RecorderMark
+Waiting = tuple[float, Event] | LatchedSnapshot  # an item of the backlog
+
+
+def _event_of(item: object) -> tuple[float, Event] | None:
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Event):
+        utc = item[0]
+        return (float(utc) if isinstance(utc, int | float) else 0.0), item[1]
+    return None
+
+
+def droppable(item: RecorderItem) -> bool:
+    """An item the inbox may turn away when full: an event of a kind that may be dropped."""
+    found = _event_of(item)
+    return found is not None and may_drop(found[1].kind)
+
+
+def new_inbox() -> RecorderInbox[RecorderItem]:
+    """The recorder's inbox, bounded for droppable events (``gateway.store.backlog``)."""
+    return RecorderInbox(droppable)
 
 
 class Recorder:
@@ -94,6 +119,8 @@ class Recorder:
         on_health: Callable[[str | None], None] | None = None,
         latch_file: LatchFile | None = None,
         latched: Mapping[str, Level] | None = None,
+        max_kept_bytes: int = MAX_KEPT_BYTES,
+        max_droppable_bytes: int = MAX_DROPPABLE_BYTES,
     ) -> None:
         self.store_path = Path(store_path)
         self.capacity = capacity
@@ -117,7 +144,9 @@ class Recorder:
         self.last_error: str | None = None
         self.stored = 0
         self.backlog = 0  # items waiting in memory for the store
-        self.dropped = 0  # non-alarm events dropped because the backlog was full
+        self.dropped = 0  # droppable events dropped because the backlog was full
+        self._pending: Backlog[Waiting] = Backlog(_event_of, max_droppable_bytes, max_kept_bytes)
+        self._drops_logged = (0.0, 0)  # (when, how many) the last drop line said
 
     @property
     def failing(self) -> bool:
@@ -336,7 +365,7 @@ class Recorder:
                 self._store.close()
 
     def _loop(self) -> None:
-        pending: list[tuple[float, Event] | LatchedSnapshot] = []
+        pending = self._pending
         marks: list[RecorderMark] = []
         delay = 0.1
         next_try = 0.0
@@ -347,7 +376,9 @@ class Recorder:
                 item: RecorderItem | None = self.inbox.get(timeout=wait)
             except queue.Empty:
                 item = None
+            taken = 0
             while item is not None:
+                taken += 1
                 if isinstance(item, RecorderMark):
                     marks.append(item)
                 else:
@@ -359,7 +390,7 @@ class Recorder:
                     if isinstance(checked, LatchedSnapshot):
                         self._save_latch(checked.latched)  # at once, whatever the event log
                     pending.append(checked)
-                if len(pending) >= 4 * MAX_BATCH:
+                if taken >= 4 * MAX_BATCH:  # store what came, then take more
                     break
                 try:
                     item = self.inbox.get_nowait()
@@ -368,19 +399,20 @@ class Recorder:
             if time.monotonic() >= next_try:
                 store = self._usable()
                 if store is not None and self._after_open:
-                    pending[:0] = self._after_open
+                    pending.prepend(list(self._after_open))
                     self._after_open = []
                 while store is not None and pending:
-                    chunk = pending[:MAX_BATCH]
+                    chunk = pending.head(MAX_BATCH)
                     if not self._store_batch(store, chunk):
                         break
-                    del pending[: len(chunk)]
+                    pending.pop_head(len(chunk))
                 if pending:
                     next_try = time.monotonic() + delay
                     delay = min(delay * 2, self.retry_max_s)
                 else:
                     delay, next_try = 0.1, 0.0
-            self.dropped += _bound(pending)
+            self.dropped = pending.dropped
+            self._log_drops()
             self.backlog = len(pending)
             if not pending:
                 for mark in marks:
@@ -393,9 +425,19 @@ class Recorder:
                 error("recorder.abandoned", path=self.store_path, unsaved_items=len(pending))
                 return
 
-    def _store_batch(
-        self, store: EventStore, batch: list[tuple[float, Event] | LatchedSnapshot]
-    ) -> bool:
+    def _log_drops(self) -> None:
+        """One line a second at most, with the count: a flood must not flood the journal."""
+        when, told = self._drops_logged
+        now = time.monotonic()
+        if self.dropped > told and now - when >= DROP_LOG_EVERY_S:
+            error(
+                "recorder.backlog_dropped",
+                events=self.dropped - told,
+                note="droppable events only (gateway.core.kinds)",
+            )
+            self._drops_logged = (now, self.dropped)
+
+    def _store_batch(self, store: EventStore, batch: list[Waiting]) -> bool:
         """One attempt to store ``batch``; False (and the fault reported) if it failed."""
         events: list[tuple[float, Event]] = []
         latched: Mapping[str, Level] | None = None
@@ -413,16 +455,25 @@ class Recorder:
             extra.append(
                 (time.time(), Event("store.recovered", "recorder", time.monotonic(), details))
             )
+        loss = self._pending.loss
+        if loss.count:
+            extra.append(
+                (time.time(), Event(EVENTS_LOST, "recorder", time.monotonic(), loss.details()))
+            )
         try:
             seqs = store.record(events + extra, latched)
         except Exception as e:  # keep the items and their order; the disk may come back
             self._db_failed(_describe(self.store_path, e))
             error("recorder.write_failed", error=e, waiting=len(batch))
             return False
+        if loss.count:
+            error("recorder.events_lost", **{k: v for k, v in loss.details().items()})
+            self._pending.loss = type(loss)()
         if self._failing_since is not None:
             log("recorder.recovered", path=self.store_path)
             self._failing_since = None
-            self.dropped = 0
+            self._pending.dropped = self.dropped = 0
+            self._drops_logged = (0.0, 0)
             self._db_error = None
             self._set_health()
         if self._latch_error is not None and self.latch_file is not None:
@@ -487,29 +538,6 @@ def _not_writable(path: Path) -> bool:
         )
     except OSError:
         return False
-
-
-def _bound(pending: list[tuple[float, Event] | LatchedSnapshot]) -> int:
-    """Keep the backlog within MAX_BACKLOG: drop the oldest non-alarm events (never an alarm,
-    fault, valve or reset event, never the latched state); how many were dropped."""
-    over = len(pending) - MAX_BACKLOG
-    if over <= 0:
-        return 0
-    keep: list[tuple[float, Event] | LatchedSnapshot] = []
-    dropped = 0
-    for item in pending:
-        if (
-            dropped < over
-            and not isinstance(item, LatchedSnapshot)
-            and not item[1].kind.startswith(_KEEP_KINDS)
-        ):
-            dropped += 1
-            continue
-        keep.append(item)
-    pending[:] = keep
-    if dropped:
-        error("recorder.backlog_dropped", events=dropped, note="non-alarm events only")
-    return dropped
 
 
 def _checked(item: object) -> tuple[float, Event]:

@@ -12,14 +12,15 @@ Delivery policy (what is kept, in what order, and when something is dropped):
 * Every event is queued for every channel and kept until **every** channel has acknowledged it;
   then its rows are deleted. Alarms are never dropped.
 * Order is kept per channel, with alarm-class events (``alarm.*``, ``fault.*``, ``valve.*``,
-  ``operator.reset*``, see ``is_alarm_class``) ahead of the others: after an outage the brigade
+  ``operator.reset*`` ..., ``gateway.core.kinds``) ahead of the others: after an outage the brigade
   hears about the gas before it hears that the controller started. Within a class, events go
   in their event-log order (``seq``).
 * Status snapshots and heartbeats are never queued: a channel sends the latest status when it
   can (coalesced), not a backlog of stale ones.
-* Bounds: ``max_rows`` (default 100 000) and ``max_age_s`` (default none) only ever drop
-  **non-alarm** rows, oldest first, each drop logged (``outbox.dropped``). Alarm-class rows are
-  never dropped; the file grows instead (a kitchen raises a handful of alarms a year).
+* Bounds: ``max_rows`` (default 100 000) and ``max_age_s`` (default none) only ever drop rows
+  of kinds that ``gateway.core.kinds.may_drop``, oldest first, each drop logged
+  (``outbox.dropped``). Alarm-class rows and operator actions are never dropped; the file grows
+  instead (a kitchen raises a handful of alarms a year).
 * Before it gets there, ``fill()`` warns: at ``FILL_WARN`` of ``max_rows``, or when the card
   has less than ``CARD_RESERVE_BYTES`` free. The uplinks process records that as
   ``uplink.outbox_filling`` and the status shows it as a fault (a centre that stopped
@@ -51,6 +52,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.core.kinds import NEVER_DROPPED, is_alarm_class
 from gateway.log import error, log, warn
 from gateway.store.events import EventReader, StoredEvent, details_json
 from gateway.store.sqlite import open_durable
@@ -75,8 +77,10 @@ FILL_WARN = 0.8
 FILL_CLEAR = 0.7
 CARD_RESERVE_BYTES = 64 * 1024 * 1024
 
-# Kind prefixes of the events that go first and are never dropped.
-ALARM_CLASS_PREFIXES = ("alarm.", "fault.", "valve.", "fan.", "power.", "operator.reset")
+# What goes first and what is never dropped: gateway.core.kinds, the one home of both lists.
+# The bounds below drop only rows of kinds that ``may_drop``.
+_KEPT_SQL = " AND ".join("kind NOT LIKE ?" for _ in NEVER_DROPPED)
+_KEPT_ARGS = tuple(f"{prefix}%" for prefix in NEVER_DROPPED)
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS items (
@@ -142,12 +146,6 @@ class OutboxFill:
 class OutboxError(Exception):
     """The outbox file cannot be used: corrupt, from a newer gasguard, or a disk error. The
     message names the file."""
-
-
-def is_alarm_class(kind: str) -> bool:
-    """True for the events that go first and are never dropped: alarms, faults, valve and fan
-    actions, power failures and the operator's reset (accepted or refused)."""
-    return kind.startswith(ALARM_CLASS_PREFIXES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,7 +445,8 @@ class Outbox:
             seqs = [
                 int(r[0])
                 for r in conn.execute(
-                    "SELECT seq FROM items WHERE prio = 1 ORDER BY seq LIMIT ?", (over,)
+                    f"SELECT seq FROM items WHERE prio = 1 AND {_KEPT_SQL} ORDER BY seq LIMIT ?",
+                    (*_KEPT_ARGS, over),
                 ).fetchall()
             ]
             dropped += self._drop(seqs, "max_rows")
@@ -456,8 +455,9 @@ class Outbox:
             seqs = [
                 int(r[0])
                 for r in conn.execute(
-                    "SELECT seq FROM items WHERE prio = 1 AND added < ? ORDER BY seq",
-                    (now - self.max_age_s,),
+                    f"SELECT seq FROM items WHERE prio = 1 AND {_KEPT_SQL} AND added < ? "
+                    "ORDER BY seq",
+                    (*_KEPT_ARGS, now - self.max_age_s),
                 ).fetchall()
             ]
             dropped += self._drop(seqs, "max_age_s")

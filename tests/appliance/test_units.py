@@ -196,6 +196,26 @@ def test_uplinks_unit_settings() -> None:
     )
 
 
+def test_the_safety_unit_memory_cap_is_above_the_stated_budget() -> None:
+    """docs/safety.md's budget, from the bounds themselves: the process, the recorder's
+    backlog (its estimates times the objects' overhead) and its inbox of largest records."""
+    from gateway.api.records import MAX_DETAILS_BYTES
+    from gateway.store.backlog import INBOX_MAX_ITEMS, MAX_DROPPABLE_BYTES, MAX_KEPT_BYTES
+
+    mib = 1024 * 1024
+    process, overhead = 64 * mib, 3
+    budget = (
+        process
+        + overhead * (MAX_KEPT_BYTES + MAX_DROPPABLE_BYTES)
+        + INBOX_MAX_ITEMS * MAX_DETAILS_BYTES
+    )
+    svc = {k: v[-1] for k, v in parse_unit(SERVICE)["Service"].items()}
+    cap = int(svc["MemoryMax"].removesuffix("M")) * mib
+    assert cap >= budget * 1.25, (cap / mib, budget / mib)
+    doc = (CONFIG.parent / "docs" / "safety.md").read_text()
+    assert f"about {round(budget / mib)} MiB" in doc and f"MemoryMax={svc['MemoryMax']}" in doc
+
+
 def test_commands_in_the_unit_exist_in_the_cli() -> None:
     unit = parse_unit(SERVICE)["Service"]
     exe, *run_args = unit["ExecStart"][0].split()

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 
 from gateway.config import Config
+from gateway.core.kinds import is_alarm_class
 from gateway.safety.controller import Controller
 from gateway.sim.kitchen import SimBus, SimDetector, SimulatedKitchen
 from gateway.store.events import EventStore
-from gateway.uplinks.outbox import is_alarm_class
 from gateway.uplinks.receive import ReceivingCentre
 from tests.uplink_fixtures import (
     Mosquitto,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.core.kinds import is_alarm_class, may_drop
 from gateway.core.model import Event
 from gateway.paths import outbox_db
 from gateway.store.events import EventStore, StoredEvent
@@ -28,7 +29,6 @@ from gateway.uplinks.outbox import (
     MIN_MAX_ROWS,
     Outbox,
     OutboxError,
-    is_alarm_class,
 )
 from tests.uplink_fixtures import Mosquitto, UplinkSite
 
@@ -57,6 +57,11 @@ def test_alarm_class_kinds() -> None:
     assert is_alarm_class("operator.reset") and is_alarm_class("operator.reset_refused")
     for kind in ("controller.started", "operator.silence", "config.applied", "uplink.down"):
         assert not is_alarm_class(kind), kind
+    # Never dropped, though not first: every operator action and the log's own state.
+    for kind in ("operator.silence", "operator.orphan_cleared", "store.recovered"):
+        assert not may_drop(kind), kind
+    for kind in ("power.battery_low", "fan.failed", "events.lost"):
+        assert is_alarm_class(kind) and not may_drop(kind), kind
 
 
 def test_items_carry_the_event_and_a_stable_event_id(box: Outbox) -> None:
@@ -164,6 +169,19 @@ def test_bounds_drop_only_non_alarm_events(tmp_path: Path) -> None:
     others = sorted(kept - alarms)
     # The oldest others went first.
     assert others == [e.seq for e in events if e.seq not in alarms][-(MIN_MAX_ROWS - 600) :]
+
+
+def test_operator_actions_are_never_dropped_by_the_bounds(tmp_path: Path) -> None:
+    """The outbox's bounds and the recorder's drop the same kinds (gateway.core.kinds): an
+    operator's silence or an inhibit is evidence, never pruned for room."""
+    box = Outbox(outbox_db(tmp_path), "hz-001", ["mqtt"], max_rows=MIN_MAX_ROWS)
+    kinds = ("operator.silence", "detector.service_due", "store.recovered", "uplink.down")
+    box.add_many([ev(seq, kinds[seq % 4]) for seq in range(1, MIN_MAX_ROWS + 401)])
+    kept = [i.kind for i in box.peek("mqtt", limit=5000)]
+    assert kept.count("operator.silence") == (MIN_MAX_ROWS + 400) // 4
+    assert kept.count("store.recovered") == (MIN_MAX_ROWS + 400) // 4
+    assert box.dropped == 400
+    assert all(may_drop(k) for k in set(kinds) - set(kept))
 
 
 def test_alarm_class_events_are_kept_beyond_the_bound(tmp_path: Path) -> None:

@@ -28,8 +28,9 @@ from typing import Any
 
 from paho.mqtt.properties import Properties
 
+from gateway.core.kinds import is_alarm_class
 from gateway.store.events import details_json
-from gateway.uplinks.outbox import OutboxItem, is_alarm_class
+from gateway.uplinks.outbox import OutboxItem
 
 EVENT_SCHEMA_ID = "gasguard.event/1"
 STATUS_SCHEMA_ID = "gasguard.status/1"
