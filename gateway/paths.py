@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 EVENTS_DB = "events.db"
+SPILL_FILE = "events.spill"  # what a stop could not store in the log: replayed at the next start
 OUTBOX_DIR = "uplinks"
 OUTBOX_DB = "outbox.db"
 CONSOLE_DB = "console.db"
@@ -28,6 +29,11 @@ UPLINK_USER = "gasguard-uplink"
 def events_db(data_dir: Path) -> Path:
     """The event log of a data directory."""
     return Path(data_dir) / EVENTS_DB
+
+
+def spill_path(events_path: Path) -> Path:
+    """The spill file beside an event log."""
+    return Path(events_path).with_name(SPILL_FILE)
 
 
 def outbox_dir(data_dir: Path) -> Path:

@@ -33,6 +33,7 @@ NEVER_DROPPED = (
     "console.",
     "commissioning.",
     "hazard.",
+    "uplink.events_missing",
 )
 
 EVENTS_LOST = "events.lost"  # a bound was reached and events were lost: what, how many, when
@@ -41,6 +42,22 @@ EVENTS_LOST = "events.lost"  # a bound was reached and events were lost: what, h
 def is_alarm_class(kind: str) -> bool:
     """True for the events that go first and are never dropped."""
     return kind.startswith(ALARM_CLASS)
+
+
+def droppable_sql(column: str = "kind") -> tuple[str, tuple[str, ...]]:
+    """An SQL condition true for a row whose ``column`` may be dropped, and its arguments."""
+    return (
+        " AND ".join(f"{column} NOT LIKE ?" for _ in NEVER_DROPPED),
+        tuple(f"{prefix}%" for prefix in NEVER_DROPPED),
+    )
+
+
+def alarm_class_sql(column: str = "kind") -> tuple[str, tuple[str, ...]]:
+    """An SQL condition true for a row whose ``column`` is of the alarm class, and its arguments."""
+    return (
+        " OR ".join(f"{column} LIKE ?" for _ in ALARM_CLASS),
+        tuple(f"{prefix}%" for prefix in ALARM_CLASS),
+    )
 
 
 def may_drop(kind: str) -> bool:

@@ -60,7 +60,7 @@ from gateway.safety.peers import uplink_socket_uids, uplink_uids
 from gateway.safety.pollers import Pollers
 from gateway.safety.trendwatch import TrendWatch
 from gateway.store.backlog import RecorderInbox
-from gateway.store.events import StoredEvent, latched_from_log
+from gateway.store.events import StoredEvent, forwarded_from_log, latched_from_log
 from gateway.store.latchfile import LatchFile, latch_path, union
 from gateway.store.recorder import Recorder, RecorderItem, new_inbox
 from gateway.trend import TrendWarning
@@ -127,6 +127,10 @@ class Controller:
         # UTC of a fire-centre duty check (查岗) nobody has answered yet; one reference,
         # assigned whole by the recorder thread and cleared by whoever answers.
         self.duty_check_pending: float | None = None
+        # The uplinks' high-water mark (the highest seq in their durable outbox), as they last
+        # reported it; None without uplinks. The event log never rotates a never-dropped event
+        # above it out (``EventStore.record``).
+        self.uplinks_forwarded: int | None = None
         # Detector service warnings: what the core was last told, and the day each detector's
         # warning was last recorded (reported upstream once a day until cleared).
         self._service_told: dict[str, str] | None = None
@@ -196,10 +200,12 @@ class Controller:
             )
             for listener in self._cycle_listeners:
                 loop.on_cycle(listener)
+            self.uplinks_forwarded = forwarded_from_log(self.events_path)
             self.recorder = Recorder(
                 self.events_path,
                 cfg.event_capacity,
                 self.recorder_inbox,
+                forwarded=lambda: self.uplinks_forwarded if self.config.uplink_table else None,
                 on_health=lambda text: self.submit(StoreHealth(self.clock(), text)),
                 latch_file=latch_file,
                 latched=latched,
@@ -552,6 +558,7 @@ class Controller:
             + self.recorder_inbox.waiting,
             "dropped": (recorder.dropped if recorder is not None else 0)
             + self.recorder_inbox.dropped,
+            "uplinks_forwarded_seq": self.uplinks_forwarded if expected else None,
         }
         status["duty_check_pending_utc"] = self.duty_check_pending
         return status

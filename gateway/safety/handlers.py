@@ -251,7 +251,14 @@ def _record_handler(
 def _report(controller: Controller, args: dict[str, Any]) -> dict[str, Any]:
     """The uplinks process's state for the status: ``{"channels": {name: state}, "outbox":
     {rows, max_rows, ..., warning} or null}``."""
-    only_args("report", args, ("channels", "outbox", "delivery"))
+    only_args("report", args, ("channels", "outbox", "delivery", "forwarded_seq"))
+    forwarded = args.get("forwarded_seq")
+    if forwarded is not None and (
+        isinstance(forwarded, bool) or not isinstance(forwarded, int) or forwarded < 0
+    ):
+        raise CommandError(
+            f"report: forwarded_seq {str(forwarded)[:40]!r}: must be a whole number >= 0"
+        )
     channels = args.get("channels")
     if not isinstance(channels, dict) or not all(isinstance(k, str) for k in channels):
         raise CommandError("report: channels must be an object of channel name -> state")
@@ -280,6 +287,8 @@ def _report(controller: Controller, args: dict[str, Any]) -> dict[str, Any]:
     if size > MAX_REPORT_BYTES:
         raise CommandError(f"report: {size} bytes; at most {MAX_REPORT_BYTES}")
     controller.uplink_report = (controller.clock(), channels, outbox, delivery)
+    if forwarded is not None:
+        controller.uplinks_forwarded = forwarded
     return {"reported": True}
 
 

@@ -42,6 +42,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from gateway.core.kinds import EVENTS_LOST, alarm_class_sql, droppable_sql
 from gateway.core.model import Event, Level
 from gateway.log import error
 from gateway.store.sqlite import open_durable
@@ -53,6 +54,9 @@ MAX_CAPACITY = 10_000_000
 MAX_QUERY_LIMIT = 100_000
 LATCHED_KEY = "latched"
 SEQ_FLOOR_KEY = "seq_floor"  # the number a new file counts up from
+FORWARDED_KEY = "uplinks_forwarded"  # the uplinks' high-water mark, as they last reported it
+_DROPPABLE_SQL, _KEPT_ARGS = droppable_sql()
+_ALARM_SQL, _ALARM_ARGS = alarm_class_sql()
 
 _SCHEMA_V2 = (
     """CREATE TABLE IF NOT EXISTS events (
@@ -446,9 +450,18 @@ class EventStore(EventReader):
         items: Sequence[tuple[float, Event]],
         latched: Mapping[str, Level] | None = None,
         state: Mapping[str, Any] | None = None,
+        forwarded: int | None = None,
     ) -> list[int]:
         """Store events, and optionally the latched alarms and other state, in one transaction.
         Rotates old events out when the table has grown a batch beyond ``capacity``.
+
+        ``forwarded``: the uplinks' high-water mark (the highest seq they have taken into their
+        durable outbox; None: no uplinks, nothing waits to be forwarded). Rotation then never
+        deletes a never-dropped event (``gateway.core.kinds``) above it: the log grows instead,
+        by at most another ``capacity`` such events. What rotation must delete above the mark
+        (a droppable event, or a never-dropped one beyond that bound) is recorded in the same
+        transaction as an ``events.lost`` event with its seq range, which the uplinks forward.
+
         Raises ValueError for an invalid item (nothing written), EventStoreError on a disk or
         database error (nothing written; the caller may retry)."""
         rows = []
@@ -498,12 +511,7 @@ class EventStore(EventReader):
                     )
                 total = self._rows_now + len(rows)
                 if total >= self.capacity + self.rotate_batch:
-                    # Keep exactly the `capacity` newest; the next delete is a batch away.
-                    conn.execute(
-                        "DELETE FROM events WHERE seq <= "
-                        "(SELECT seq FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-                        (self.capacity,),
-                    )
+                    self._rotate(forwarded, last + len(seqs), now)
                     total = int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
                 conn.execute("COMMIT")
             except BaseException:
@@ -518,6 +526,54 @@ class EventStore(EventReader):
         if seqs:
             self._last_seq = seqs[-1]
         return seqs
+
+    def _rotate(self, forwarded: int | None, newest: int, now: float) -> None:
+        """Inside ``record``'s transaction: keep the ``capacity`` newest events, and above the
+        uplinks' mark every alarm-class event and the newest ``capacity`` other never-dropped
+        ones; record what had to go unforwarded (``events.lost``)."""
+        conn = self._conn
+        row = conn.execute(
+            "SELECT seq FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?", (self.capacity,)
+        ).fetchone()
+        if row is None:
+            return
+        cutoff = int(row[0])
+        if forwarded is None:  # no uplinks: nothing waits
+            conn.execute("DELETE FROM events WHERE seq <= ?", (cutoff,))
+            return
+        # Never dropped but not alarms (operator actions, console work): kept up to a bound,
+        # since a local peer could flood them; alarms come only from the core.
+        others = [
+            int(r[0])
+            for r in conn.execute(
+                f"SELECT seq FROM events WHERE seq <= ? AND seq > ? AND NOT ({_DROPPABLE_SQL}) "
+                f"AND NOT ({_ALARM_SQL}) ORDER BY seq DESC LIMIT ?",
+                (cutoff, forwarded, *_KEPT_ARGS, *_ALARM_ARGS, self.capacity),
+            ).fetchall()
+        ]
+        floor = min(others) if len(others) == self.capacity else -1  # older ones go too
+        goes = f"seq <= ? AND (({_DROPPABLE_SQL}) OR (NOT ({_ALARM_SQL}) AND seq < ?))"
+        args = (cutoff, *_KEPT_ARGS, *_ALARM_ARGS, floor)
+        lost = conn.execute(
+            f"SELECT COUNT(*), MIN(seq), MAX(seq) FROM events WHERE seq > ? AND {goes}",
+            (forwarded, *args),
+        ).fetchone()
+        conn.execute("DELETE FROM events WHERE seq <= ? AND seq <= ?", (cutoff, forwarded))
+        conn.execute(f"DELETE FROM events WHERE {goes}", args)
+        count = int(lost[0])
+        if count:
+            details = {
+                "count": count,
+                "first_seq": int(lost[1]),
+                "last_seq": int(lost[2]),
+                "forwarded_seq": forwarded,
+                "reason": "rotated out of the event log before the uplinks took it in",
+            }
+            conn.execute(
+                "INSERT INTO events (seq, utc, kind, source, details) VALUES (?, ?, ?, ?, ?)",
+                (newest + 1, now, EVENTS_LOST, "recorder", details_json(details)),
+            )
+            error("store.rotated_unforwarded", **details)
 
     def __enter__(self) -> EventStore:
         return self
@@ -562,6 +618,19 @@ def _read_last_seq_in(conn: sqlite3.Connection, db: str) -> int:
         if row is not None:
             highest = max(highest, int(row[0]))
     return highest
+
+
+def forwarded_from_log(path: Path) -> int:
+    """The uplinks' high-water mark the event log at ``path`` last saved; 0 when it has none or
+    cannot be read (then rotation keeps every never-dropped event until they report)."""
+    if not Path(path).exists():
+        return 0
+    try:
+        with EventStore.open_readonly(path) as reader:
+            value = reader.get_state(FORWARDED_KEY)
+    except (EventStoreError, sqlite3.Error, OSError):
+        return 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def latched_from_log(path: Path) -> dict[str, Level]:

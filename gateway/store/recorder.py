@@ -17,7 +17,9 @@ records how long it was down. See ``Recorder`` for corrupt, read-only and delete
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
 import math
 import os
 import queue
@@ -33,18 +35,27 @@ from typing import Any
 from gateway.core.kinds import EVENTS_LOST, may_drop
 from gateway.core.model import Event, Level
 from gateway.log import error, log, warn
+from gateway.paths import spill_path
+from gateway.regularfile import open_regular, read_regular
 from gateway.store.backlog import (
     MAX_DROPPABLE_BYTES,
     MAX_KEPT_BYTES,
     Backlog,
     RecorderInbox,
 )
-from gateway.store.events import EventStore, EventStoreError, StoredEvent, last_seq_of
+from gateway.store.events import (
+    FORWARDED_KEY,
+    EventStore,
+    EventStoreError,
+    StoredEvent,
+    last_seq_of,
+)
 from gateway.store.latchfile import LatchFile, LatchFileError
 
 # Events whose log line is a warning: what a technician looks for first.
 _WARN_KINDS = ("alarm.", "fault.raised", "valve.failed", "operator.reset_refused")
 MAX_BATCH = 500
+MAX_SPILL_BYTES = 64 * 1024 * 1024  # what a stop may leave for the next start to replay
 DROP_LOG_EVERY_S = 1.0  # drops from the backlog are logged at most this often, with a count
 IDLE_CHECK_S = 2.0  # with nothing to store, the log file is still checked this often
 FULL_BELOW_BYTES = 256 * 1024  # an I/O error with less room than this is a full disk
@@ -121,6 +132,7 @@ class Recorder:
         latched: Mapping[str, Level] | None = None,
         max_kept_bytes: int = MAX_KEPT_BYTES,
         max_droppable_bytes: int = MAX_DROPPABLE_BYTES,
+        forwarded: Callable[[], int | None] | None = None,
     ) -> None:
         self.store_path = Path(store_path)
         self.capacity = capacity
@@ -147,6 +159,10 @@ class Recorder:
         self.dropped = 0  # droppable events dropped because the backlog was full
         self._pending: Backlog[Waiting] = Backlog(_event_of, max_droppable_bytes, max_kept_bytes)
         self._drops_logged = (0.0, 0)  # (when, how many) the last drop line said
+        self._replaying: Path | None = None  # a spill file being replayed
+        # The uplinks' high-water mark (None: no uplinks): rotation keeps what is above it.
+        self.forwarded = forwarded or (lambda: None)
+        self._forwarded_saved: int | None = None
 
     @property
     def failing(self) -> bool:
@@ -348,7 +364,65 @@ class Recorder:
 
     # -- the thread ----------------------------------------------------------------------------
 
+    # -- what a stop could not store --------------------------------------------------------------
+
+    def _spill(self, items: list[Waiting]) -> None:
+        """At a stop with the log still failing: append what is unsaved to the spill file
+        beside the log (one JSON object a line, fsynced), which the next start replays first."""
+        lines: list[dict[str, object]] = []
+        for item in items:
+            if isinstance(item, LatchedSnapshot):
+                lines.append({"latched": {k: int(v) for k, v in item.latched.items()}})
+            else:
+                utc, event = item
+                lines.append(
+                    {"utc": utc, "kind": event.kind, "source": event.source,
+                     "details": event.details}
+                )  # fmt: skip
+        data = "".join(json.dumps(x, ensure_ascii=False, default=str) + "\n" for x in lines)
+        path = spill_path(self.store_path)
+        try:
+            fd = open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, MAX_SPILL_BYTES)
+            try:
+                os.write(fd, data.encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            error("recorder.spill_failed", path=path, items=len(items), error=repr(e))
+            return
+        warn("recorder.spilled", path=path, items=len(items), note="replayed at the next start")
+
+    def _load_spill(self) -> None:
+        """Queue what the last run spilled, ahead of everything else (at least once: a crash
+        before it is stored replays it again)."""
+        path = spill_path(self.store_path)
+        try:
+            data = read_regular(path, MAX_SPILL_BYTES)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            error("recorder.spill_unreadable", path=path, error=repr(e))
+            return
+        items: list[tuple[float, Event] | LatchedSnapshot] = []
+        for line in data.decode("utf-8", "replace").splitlines():
+            try:
+                obj = json.loads(line)
+                if "latched" in obj:
+                    items.append(LatchedSnapshot(_checked_latched(obj["latched"])))
+                    continue
+                details = dict(obj["details"])
+                details["replayed_from"] = path.name
+                event = Event(str(obj["kind"]), str(obj["source"]), time.monotonic(), details)
+                items.append(_checked((obj["utc"], event)))
+            except (ValueError, KeyError, TypeError) as e:  # a torn last line: say so
+                error("recorder.spill_line_unreadable", path=path, error=repr(e))
+        self._after_open[:0] = items
+        self._replaying = path
+        warn("recorder.replaying_spill", path=path, items=len(items))
+
     def _run(self, opened: threading.Event) -> None:
+        self._load_spill()
         try:
             self._store = self._open()
         finally:
@@ -423,7 +497,13 @@ class Recorder:
                 marks.clear()
             elif self._abandon.is_set():
                 error("recorder.abandoned", path=self.store_path, unsaved_items=len(pending))
+                self._spill(pending.head(len(pending)))
                 return
+            if not pending and self._replaying is not None:
+                # What the last run could not store is in the log now: the spill is done.
+                with contextlib.suppress(OSError):
+                    self._replaying.unlink()
+                self._replaying = None
 
     def _log_drops(self) -> None:
         """One line a second at most, with the count: a flood must not flood the journal."""
@@ -460,12 +540,25 @@ class Recorder:
             extra.append(
                 (time.time(), Event(EVENTS_LOST, "recorder", time.monotonic(), loss.details()))
             )
+        forwarded = self.forwarded()
+        state = (
+            {FORWARDED_KEY: forwarded}
+            if forwarded is not None and forwarded != self._forwarded_saved
+            else None
+        )
         try:
-            seqs = store.record(events + extra, latched)
+            seqs = store.record(events + extra, latched, state, forwarded)
         except Exception as e:  # keep the items and their order; the disk may come back
             self._db_failed(_describe(self.store_path, e))
             error("recorder.write_failed", error=e, waiting=len(batch))
+            if _is_corrupt(e):
+                # Corrupt while running: the same check, move-aside and new log as at start,
+                # on the next attempt, instead of retrying a broken file for ever.
+                store.close()
+                self._store = None
             return False
+        if state is not None:
+            self._forwarded_saved = forwarded
         if loss.count:
             error("recorder.events_lost", **{k: v for k, v in loss.details().items()})
             self._pending.loss = type(loss)()

@@ -89,11 +89,14 @@ class SafetyLink:
         channels: dict[str, Any],
         outbox: dict[str, Any] | None = None,
         delivery: dict[str, Any] | None = None,
+        forwarded_seq: int | None = None,
     ) -> None:
-        """Tell the safety process the channels' state, the outbox's fill and the delivery
-        statistics (best effort)."""
+        """Tell the safety process the channels' state, the outbox's fill, the delivery
+        statistics and the highest event seq safely in the outbox (best effort): the event
+        log never rotates out a never-dropped event above it."""
+        extra = {} if forwarded_seq is None else {"forwarded_seq": forwarded_seq}
         try:
-            self.call("report", channels=channels, outbox=outbox, delivery=delivery)
+            self.call("report", channels=channels, outbox=outbox, delivery=delivery, **extra)
         except ControlError as e:
             warn("uplinks.report_failed", error=str(e)[:200])
 

@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.core.kinds import NEVER_DROPPED, is_alarm_class
+from gateway.core.kinds import droppable_sql, is_alarm_class
 from gateway.log import error, log, warn
 from gateway.store.events import EventReader, StoredEvent, details_json
 from gateway.store.sqlite import open_durable
@@ -79,8 +79,7 @@ CARD_RESERVE_BYTES = 64 * 1024 * 1024
 
 # What goes first and what is never dropped: gateway.core.kinds, the one home of both lists.
 # The bounds below drop only rows of kinds that ``may_drop``.
-_KEPT_SQL = " AND ".join("kind NOT LIKE ?" for _ in NEVER_DROPPED)
-_KEPT_ARGS = tuple(f"{prefix}%" for prefix in NEVER_DROPPED)
+_KEPT_SQL, _KEPT_ARGS = droppable_sql()
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS items (
@@ -141,6 +140,17 @@ class OutboxFill:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def missing_seqs(after: int, seqs: Sequence[int]) -> list[tuple[int, int]]:
+    """The holes (first, last) in ``seqs`` (ascending) following ``after`` (0: no start)."""
+    holes = []
+    prev = after
+    for seq in seqs:
+        if prev and seq > prev + 1:
+            holes.append((prev + 1, seq - 1))
+        prev = seq
+    return holes
 
 
 class OutboxError(Exception):
@@ -233,6 +243,7 @@ class Outbox:
         self._filling = False  # fill() warned and has not cleared yet (hysteresis)
         self.last_error: str | None = None
         self.dropped = 0
+        self.gaps_found: list[tuple[int, int]] = []  # holes catch_up met in the event log
         self.fresh = not self.path.exists()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -514,6 +525,7 @@ class Outbox:
                     self._rollback()
                     raise self._error(e, "resetting the high-water mark") from e
             done = self._done_since_open or set()
+            self.gaps_found = []
             cutoff = time.time() - FRESH_WINDOW_S if self.fresh else None
             total = 0
             cursor = start
@@ -524,6 +536,7 @@ class Outbox:
                     raise OutboxError(f"outbox {self.path}: cannot read the event log: {e}") from e
                 if not page:
                     break
+                self.gaps_found += missing_seqs(cursor, [e.seq for e in page])
                 cursor = page[-1].seq
                 todo = [
                     e for e in page if e.seq not in done and (cutoff is None or e.utc >= cutoff)

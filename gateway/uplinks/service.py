@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import Config
+from gateway.core.model import Event
 from gateway.log import error, log, warn
 from gateway.paths import events_db, outbox_db, uplink_socket
 from gateway.store.events import EventReader, EventStore, EventStoreError
@@ -36,7 +37,7 @@ from gateway.uplinks.config import UplinkConfig
 from gateway.uplinks.context import UplinkContext
 from gateway.uplinks.link import SafetyLink
 from gateway.uplinks.manager import Uplinks
-from gateway.uplinks.outbox import Outbox, OutboxError
+from gateway.uplinks.outbox import Outbox, OutboxError, missing_seqs
 from gateway.uplinks.watch import DirectoryWatch
 
 FOLLOW_S = 0.02  # how often the event log is checked for new events without a wake-up
@@ -54,10 +55,17 @@ REOPEN_S = 1.0  # retry opening a missing or broken event log
 class EventFollower(threading.Thread):
     """Moves new events from the event log (read-only) into the outbox, in order."""
 
-    def __init__(self, events_path: Path, outbox: Outbox, poll_s: float = FOLLOW_S) -> None:
+    def __init__(
+        self,
+        events_path: Path,
+        outbox: Outbox,
+        poll_s: float = FOLLOW_S,
+        on_gap: Callable[[int, int], None] | None = None,
+    ) -> None:
         super().__init__(name="event-follower", daemon=True)
         self.events_path = events_path
         self.outbox = outbox
+        self.on_gap = on_gap or (lambda first, last: None)
         self.poll_s = poll_s
         self.stopping = threading.Event()
         self.last_error: str | None = None
@@ -111,10 +119,14 @@ class EventFollower(threading.Thread):
         return False
 
     def step(self, reader: EventReader) -> int:
-        """One look at the event log; how many events were taken in."""
-        page = reader.since(self.outbox.high_water, FOLLOW_PAGE)
+        """One look at the event log; how many events were taken in. A hole in the numbers
+        (events rotated out or lost before they reached the outbox) is reported."""
+        high = self.outbox.high_water
+        page = reader.since(high, FOLLOW_PAGE)
         if page:
             self.outbox.add_many(page)
+            for first, last in missing_seqs(high, [e.seq for e in page]):
+                self.on_gap(first, last)
         self.last_error = None
         return len(page)
 
@@ -160,7 +172,11 @@ class UplinkService:
             warn("uplinks.nothing_to_do", reason="no channel configured or the outbox failed")
             return
         self.uplinks.catch_up(events_db(cfg.data_dir))
-        self.follower = EventFollower(events_db(cfg.data_dir), outbox, self.follow_s)
+        for first, last in outbox.gaps_found:
+            self._gap(first, last)
+        self.follower = EventFollower(
+            events_db(cfg.data_dir), outbox, self.follow_s, on_gap=self._gap
+        )
         self.follower.start()
         self.uplinks.start(
             UplinkContext(
@@ -172,6 +188,18 @@ class UplinkService:
         self._reporter = threading.Thread(target=self._report_loop, name="report", daemon=True)
         self._reporter.start()
         log("uplinks.started", site=cfg.site.id, channels=",".join(self.uplink_cfg.channels()))
+
+    def _gap(self, first: int, last: int) -> None:
+        """Events first..last never reached the outbox: say so, upstream too."""
+        error("uplinks.events_missing", first_seq=first, last_seq=last)
+        self.link.record(
+            Event(
+                "uplink.events_missing",
+                "outbox",
+                self.clock(),
+                {"first_seq": first, "last_seq": last, "count": last - first + 1},
+            )
+        )
 
     def stop(self) -> None:
         self._stopping.set()
@@ -197,10 +225,17 @@ class UplinkService:
                 outbox = None if self.uplinks is None else self.uplinks.check_outbox()
                 channels = self.state()
                 delivery = None if self.uplinks is None else self.uplinks.check_delivery(channels)
-                state = {"channels": channels, "outbox": outbox, "delivery": delivery}
+                box = self.outbox
+                forwarded = None if box is None else box.high_water
+                state = {
+                    "channels": channels,
+                    "outbox": outbox,
+                    "delivery": delivery,
+                    "forwarded": forwarded,
+                }
                 now = self.clock()
                 if state != last or now - last_at >= REPORT_S:
-                    self.link.report(channels, outbox, delivery)
+                    self.link.report(channels, outbox, delivery, forwarded)
                     last, last_at = state, now
             self._stopping.wait(REPORT_CHECK_S)
 

@@ -11,11 +11,12 @@ import queue
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.core.model import Event, Level
-from gateway.store.events import EventStore, latched_from_log
+from gateway.store.events import EventStore, EventStoreError, latched_from_log
 from gateway.store.latchfile import SECTOR, SIZE, SLOT, LatchFile, union
 from gateway.store.recorder import LatchedSnapshot, Recorder, RecorderItem
 from tests.conftest import SmallDisk
@@ -255,3 +256,73 @@ def test_a_latch_write_rewrites_whole_sectors_and_keeps_the_other_slot(tmp_path:
     assert changed and min(changed) // SLOT == max(changed) // SLOT
     assert max(changed) - min(changed) < SECTOR
     assert LatchFile(tmp_path / "latched.state").load() == {"wok-1": Level.HIGH}
+
+
+# -- corrupt while running; a stop with the log still failing ------------------------------------
+
+
+def test_a_log_that_becomes_corrupt_while_running_is_moved_aside_and_nothing_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 27, item 5: a write error that says the file is corrupt leads to the same check,
+    move-aside and new log as at start (it used to retry the broken handle for ever)."""
+    path = tmp_path / "events.db"
+    healthy_log(path)
+    recorder, inbox, _health = started(path)
+    real = EventStore.record
+    told: list[bool] = []
+
+    def noticing(self: EventStore, *args: Any, **kwargs: Any) -> list[int]:
+        if not told:  # SQLite meets the damaged page on the next write, once
+            told.append(True)
+            raise EventStoreError(f"event store {path}: database disk image is malformed")
+        return real(self, *args, **kwargs)
+
+    try:
+        inbox.put(ev(1, "alarm.raised"))
+        assert recorder.flush(5)
+        with path.open("r+b") as f:  # the card damages the file under the running recorder
+            f.seek(100)
+            f.write(b"\xff" * 4096)
+        monkeypatch.setattr(EventStore, "record", noticing)
+        for i in range(2, 6):
+            inbox.put(ev(i, "alarm.raised"))
+        assert recorder.flush(20), recorder.health
+    finally:
+        recorder.stop()
+    assert list(tmp_path.glob("events.db.corrupt-*"))
+    kinds = stored_kinds(path)
+    assert kinds.count("alarm.raised") >= 4 and "store.moved_aside" in kinds
+
+
+def test_what_a_stop_could_not_store_is_spilled_and_replayed_at_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At a stop with the log still failing, what is unsaved goes to the spill file beside it
+    (it used to be abandoned: ``recorder.abandoned unsaved_items=15`` lost an alarm), and the
+    next start stores it first."""
+    path = tmp_path / "events.db"
+    healthy_log(path)
+    recorder, inbox, _health = started(path)
+
+    def failing(*args: object, **kwargs: object) -> list[int]:
+        raise EventStoreError(f"event store {path}: cannot write: disk I/O error")
+
+    monkeypatch.setattr(EventStore, "record", failing)
+    for i in range(15):
+        inbox.put(ev(200 + i, "alarm.raised" if i == 7 else "operator.silence"))
+    assert not recorder.flush(0.5)
+    recorder.stop(0.2)
+    spill = tmp_path / "events.spill"
+    assert spill.exists() and len(spill.read_text().splitlines()) == 15
+    monkeypatch.undo()
+    again, _inbox, _ = started(path)
+    try:
+        assert again.flush(10)
+    finally:
+        again.stop()
+    with EventStore.open_readonly(path) as reader:
+        replayed = [e for e in reader.recent(100) if e.details.get("replayed_from")]
+    assert [e.kind for e in replayed].count("alarm.raised") == 1
+    assert len(replayed) == 15
+    assert not spill.exists()

@@ -411,3 +411,24 @@ def test_a_filling_outbox_is_recorded_once_as_an_uplink_event_and_its_end_too(
         uplinks.close()
     kinds = [(e.kind, e.source) for e in site.logged() if e.kind.startswith("uplink.outbox")]
     assert kinds == [("uplink.outbox_filling", "outbox"), ("uplink.outbox_ok", "outbox")]
+
+
+def test_catch_up_reports_the_events_that_never_reached_the_outbox(tmp_path: Path) -> None:
+    """Issue 27: events rotated out of the log while the uplinks were stopped leave a hole in
+    the numbers; catch-up finds it (the service records ``uplink.events_missing``)."""
+    log_path = tmp_path / "events.db"
+    with EventStore(log_path) as store:
+        seqs = store.append_many(
+            [(time.time(), Event("alarm.raised", f"wok-{i}", 0.0, {"i": i})) for i in range(8)]
+        )
+    path = outbox_db(tmp_path)
+    box = Outbox(path, "hz-001", ["mqtt"])
+    with EventStore.open_readonly(log_path) as reader:
+        box.add_many(reader.since(0)[:2])
+    box.close()
+    with sqlite3.connect(log_path) as conn:  # rotated out before the uplinks came back
+        conn.execute("DELETE FROM events WHERE seq IN (?, ?, ?)", (seqs[2], seqs[3], seqs[5]))
+    box = Outbox(path, "hz-001", ["mqtt"])
+    with EventStore.open_readonly(log_path) as reader:
+        assert box.catch_up(reader) == 3
+    assert box.gaps_found == [(seqs[2], seqs[3]), (seqs[5], seqs[5])]

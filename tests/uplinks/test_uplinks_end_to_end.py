@@ -103,6 +103,10 @@ heartbeat_s = 5
 
         assert wait_for(both_connected, 5)
         assert controller.status()["uplinks_process"]["reporting"] is True
+        # Their high-water mark reaches the safety process (issue 27: the event log never
+        # rotates out a never-dropped event above it), and the status shows it.
+        assert wait_for(lambda: controller.uplinks_forwarded == outbox.high_water, 5)
+        assert controller.status()["store"]["uplinks_forwarded_seq"] == outbox.high_water
         # No upstream message opened anything: the valve is still closed.
         time.sleep(0.3)
         assert not kitchen.valve_coil_energised("lpg-manifold")

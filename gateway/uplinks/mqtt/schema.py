@@ -184,6 +184,32 @@ def event_texts(kind: str, source: str, details: dict[str, Any]) -> tuple[str, s
             f"燃气浓度已恢复正常：{source}{at}（报警保持至现场复位）",
             f"Gas back to normal at {source}{at_en} (alarm latched until local reset)",
         )
+    if kind == "fault.raised" and fault == "orphan_latch":
+        return (
+            f"已删除探测器的报警仍锁定：{source}（{details.get('sensor')}），所有切断阀保持关闭，"
+            "需技术人员现场确认后解除",
+            f"Alarm still latched on removed detector {source} ({details.get('sensor')}): every "
+            "valve stays closed until a technician clears it on site",
+        )
+    if kind == "operator.orphan_cleared":
+        return (
+            f"技术人员 {details.get('operator')} 解除已删除探测器 {source} 的锁定报警："
+            f"{details.get('reason')}",
+            f"Technician {details.get('operator')} cleared the latch of removed detector "
+            f"{source}: {details.get('reason')}",
+        )
+    if kind == "events.lost":
+        return (
+            f"记录丢失：{details.get('count')} 条事件未能保存或上传"
+            f"（序号 {details.get('first_seq', '?')}–{details.get('last_seq', '?')}）",
+            f"Events lost: {details.get('count')} could not be stored or forwarded",
+        )
+    if kind == "uplink.events_missing":
+        return (
+            f"上传缺失：事件 {details.get('first_seq')}–{details.get('last_seq')} 未送达",
+            f"Events {details.get('first_seq')}-{details.get('last_seq')} never reached the "
+            "uplinks",
+        )
     if kind == "fault.raised":
         if fault == "comm":
             return f"探测器通信故障：{source}", f"Detector communication fault: {source}"
