@@ -52,6 +52,8 @@ from gateway.profiles import Profile, default_profiles_dir, load_profiles
 from gateway.safety.controller import Controller
 from gateway.sim.valve_mechanism import ValveMechanism
 
+# Starts a flood against a running controller for the trials (another benchmark's own).
+FloodStarter = Callable[[Controller], contextlib.AbstractContextManager[None]]
 ALARM_LEL = 60.0  # above every high set point: each reply carries a high alarm
 NORMAL_LEL = 1.0
 HIGH_LEL = 50.0  # the site's high set point (siteconfig writes it)
@@ -602,6 +604,7 @@ def _trials(
     flood_nice: int = 0,
     cpus: set[int] | None = None,
     flood_cpus: set[int] | None = None,
+    flood: FloodStarter | None = None,
 ) -> tuple[list[float], list[float], int]:
     # As the unit places the safety process: on its own core (threads inherit the affinity).
     before = os.sched_getaffinity(0)
@@ -620,6 +623,7 @@ def _trials(
             flood_nice,
             flood_cpus,
             realtime_priority() if realtime else None,
+            flood,
         )
     finally:
         os.sched_setaffinity(0, before)
@@ -637,6 +641,7 @@ def _run_trials(
     flood_nice: int,
     flood_cpus: set[int] | None,
     priority: int | None,
+    flood: FloodStarter | None = None,
 ) -> tuple[list[float], list[float], int]:
     factory = MockFactory()
     mechanism = ValveMechanism(
@@ -653,7 +658,9 @@ def _run_trials(
         _wait(controller.first_poll_done.is_set, STEP_TIMEOUT_S, "the first complete poll")
         _reopen(controller, coil)
         flooding = contextlib.ExitStack()
-        if flood_from == "writer":
+        if flood is not None:  # another benchmark's own flood (bench.socket_flood)
+            flooding.enter_context(flood(controller))
+        elif flood_from == "writer":
             flooding.enter_context(_flood_writer(controller.events_path, flood_per_s, flood_nice))
         else:
             flooding.enter_context(_flood(controller, flood_per_s))

@@ -159,6 +159,7 @@ class Recorder:
         self.dropped = 0  # droppable events dropped because the backlog was full
         self._pending: Backlog[Waiting] = Backlog(_event_of, max_droppable_bytes, max_kept_bytes)
         self._drops_logged = (0.0, 0)  # (when, how many) the last drop line said
+        self._inbox_drops_logged = (0.0, 0)  # the same for the inbox's turned-away events
         self._replaying: Path | None = None  # a spill file being replayed
         # The uplinks' high-water mark (None: no uplinks): rotation keeps what is above it.
         self.forwarded = forwarded or (lambda: None)
@@ -516,6 +517,17 @@ class Recorder:
                 note="droppable events only (gateway.core.kinds)",
             )
             self._drops_logged = (now, self.dropped)
+        inbox = self.inbox
+        if isinstance(inbox, RecorderInbox):
+            when, told = self._inbox_drops_logged
+            if inbox.dropped > told and now - when >= DROP_LOG_EVERY_S:
+                error(
+                    "recorder.inbox_dropped",
+                    events=inbox.dropped - told,
+                    waiting=inbox.waiting,
+                    note="droppable events turned away: the inbox was full",
+                )
+                self._inbox_drops_logged = (now, inbox.dropped)
 
     def _store_batch(self, store: EventStore, batch: list[Waiting]) -> bool:
         """One attempt to store ``batch``; False (and the fault reported) if it failed."""

@@ -330,3 +330,21 @@ def test_a_failing_benchmark_is_reported_and_the_others_still_run(
     assert run_benchmarks(["poll", "reaction"], False, out, err) == 1
     assert "bench poll failed: RuntimeError: emulator gone" in err.getvalue()
     assert parse_figures(out.getvalue()) == {"fine_figure": (1.0, "x")}
+
+
+def test_socket_flood_runs_and_the_flooders_are_held_back(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status = main(["socket_flood", "--quick"])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    figures = parse_figures(captured.out)
+    for mode in ("idle", "uplink", "control"):
+        assert value(figures, f"socket_flood_{mode}_reaction_p99", "ms") > 0
+        assert value(figures, f"socket_flood_{mode}_peak_rss", "MB") > 0
+    got = {
+        line.split()[3]: line for line in captured.out.splitlines() if " flooder: sent " in line
+    }
+    # The allowed peer is rate-limited, the refused one is answered with a refusal only.
+    assert " refused 0" not in got["uplink"], got
+    assert " ok 0 " in got["control"], got

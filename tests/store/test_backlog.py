@@ -8,8 +8,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from gateway.core.kinds import EVENTS_LOST
 from gateway.core.model import Event
+from gateway.store import recorder as recorder_module
 from gateway.store.backlog import Backlog, RecorderInbox, event_size
 from gateway.store.events import EventStore
 from gateway.store.recorder import Recorder, RecorderItem, droppable, new_inbox
@@ -133,3 +136,22 @@ def test_the_safety_process_inbox_is_the_bounded_one() -> None:
     from gateway.safety.controller import Controller  # the wiring, not a copy of it
 
     assert "new_inbox()" in Path(Controller.__init__.__code__.co_filename).read_text()
+
+
+def test_what_the_inbox_turns_away_is_logged_once_a_second_with_a_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inbox = new_inbox()
+    inbox.max_items = 5
+    for i in range(50):  # nobody drains yet: 45 turned away
+        inbox.put(ev(i, "uplink.down"))
+    lines: list[tuple[str, dict[str, object]]] = []
+    monkeypatch.setattr(recorder_module, "error", lambda event, **f: lines.append((event, f)))
+    recorder = Recorder(tmp_path / "events.db", 10_000, inbox)
+    recorder.start()
+    try:
+        assert recorder.flush(10)
+    finally:
+        recorder.stop()
+    dropped = [f for event, f in lines if event == "recorder.inbox_dropped"]
+    assert len(dropped) == 1 and dropped[0]["events"] == 45
