@@ -21,6 +21,7 @@ unacknowledged messages: the backlog waits in the kitchens' outboxes, where it i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -40,7 +41,7 @@ from city.config import CityConfig
 from city.log import error, log, warn
 from city.messages import Incoming, parse
 from city.store import Written, sync_districts, write_batch
-from gateway.uplinks.mqtt.schema import MessageError, ack_message, encode
+from gateway.uplinks.mqtt.schema import ack_message, encode
 
 RETRY_MIN_S = 0.2
 RETRY_MAX_S = 5.0
@@ -58,6 +59,7 @@ class Counters:
     dropped_heartbeats: int = 0
     batches: int = 0
     db_errors: int = 0
+    failed_batches: int = 0  # a batch that raised something unforeseen (logged, not acked)
 
 
 class IngestWorker:
@@ -140,7 +142,16 @@ class IngestWorker:
             while not self._stopping.is_set():
                 batch = self._gather()
                 if batch:
-                    self._handle(batch)
+                    try:
+                        self._handle(batch)
+                    except Exception as e:  # a worker never dies of what kitchens send
+                        self.counters.failed_batches += 1
+                        error(
+                            "ingest.batch_failed",
+                            worker=self.name,
+                            error=f"{type(e).__name__}: {e}"[:300],
+                            note="not acknowledged: the kitchens re-send",
+                        )
                 if time.monotonic() - last_stats >= STATS_EVERY_S:
                     last_stats = time.monotonic()
                     log("ingest.stats", worker=self.name, **_as_dict(self.counters))
@@ -194,7 +205,7 @@ class IngestWorker:
                         message,
                     )
                 )
-            except MessageError as e:
+            except Exception as e:  # MessageError, or anything else a payload could raise
                 self.counters.rejected += 1
                 warn(
                     "ingest.rejected",
@@ -211,9 +222,9 @@ class IngestWorker:
             written = self._write([item for item, _ in good])
         except psycopg.OperationalError:
             return  # stopped while the database was away: the kitchens re-send
-        except psycopg.Error as e:
-            # Not the connection: something in the batch the database refuses. Store the
-            # messages one by one so only the bad one is refused.
+        except Exception as e:
+            # Not the connection: something in the batch the database (or the driver)
+            # refuses. Store the messages one by one so only the bad one is refused.
             warn("ingest.batch_refused", worker=self.name, error=f"{type(e).__name__}: {e}"[:300])
             for item, message in good:
                 self._store_one(item, message)
@@ -225,7 +236,7 @@ class IngestWorker:
             written = self._write([item])
         except psycopg.OperationalError:
             return
-        except psycopg.Error as e:
+        except Exception as e:  # refused by the database or its driver: this message only
             self.counters.rejected += 1
             warn(
                 "ingest.rejected",
@@ -249,9 +260,12 @@ class IngestWorker:
                 if self._stopping.wait(delay):
                     raise
                 delay = min(delay * 2, RETRY_MAX_S)
-            except psycopg.Error:
+            except Exception:
                 if self._conn is not None and self._conn.broken:
                     self._db_failed_quietly()
+                elif self._conn is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        self._conn.rollback()  # a half-done transaction must not linger
                 raise
 
     def _acknowledge(self, good: list[tuple[Incoming, mqtt.MQTTMessage]], written: Written) -> None:

@@ -45,20 +45,35 @@ def parse(topic: str, payload: bytes, prefix: str, max_bytes: int) -> Incoming:
         raise MessageError(f"{len(payload)} bytes, at most {max_bytes} accepted")
     site_id, leaf = topic_site(topic, prefix)
     incoming = _parse(site_id, leaf, payload)
-    if _has_nul(incoming.doc):
-        # PostgreSQL text cannot hold NUL; no kitchen sends one.
-        raise MessageError(f"{leaf}: contains a NUL character")
+    why = _unstorable(incoming.doc)
+    if why is not None:
+        raise MessageError(f"{leaf}: {why}")
     return incoming
 
 
-def _has_nul(value: object) -> bool:
+def _unstorable(value: object, depth: int = 0) -> str | None:
+    """Why PostgreSQL could not store ``value`` as text or jsonb, or None. It cannot hold a NUL
+    character, nor a lone UTF-16 surrogate (``"\\ud800"`` is valid JSON, but no UTF-8);
+    no kitchen sends either."""
     if isinstance(value, str):
-        return "\x00" in value
+        if "\x00" in value:
+            return "contains a NUL character"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return f"contains a lone surrogate ({e.reason} at {e.start})"
+        return None
     if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
+        for k, v in value.items():
+            why = _unstorable(k, depth + 1) or _unstorable(v, depth + 1)
+            if why is not None:
+                return why
+    elif isinstance(value, list):
+        for v in value:
+            why = _unstorable(v, depth + 1)
+            if why is not None:
+                return why
+    return None
 
 
 def _parse(site_id: str, leaf: str, payload: bytes) -> Incoming:
