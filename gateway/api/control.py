@@ -17,8 +17,8 @@ Safety-relevant defaults:
   console), at most 3 from any one ordinary uid, requests at most 64 KiB, a client that does
   not finish a request within 10 s is dropped, and no connection lives longer than 30 s: stuck
   or hostile clients cannot starve the others nor lock the console out; the listen backlog
-  (128) absorbs a burst of connects, and the client retries a full backlog (EAGAIN) for a
-  moment;
+  (128) absorbs a burst of connects, and the client waits in the kernel's queue for a place
+  (a blocking connect with a send timeout, up to 1 s) instead of failing with EAGAIN;
 * ``allow_uids`` (SO_PEERCRED): a socket that only some users may use at all (the uplink
   socket: root and the uplinks' user); ``refuse_uids``: users that may not (the uplinks' user
   on the control socket). Refusals are logged at most once a second per uid, with a count;
@@ -52,7 +52,7 @@ MAX_CONNECTIONS = 8
 RESERVED_CONNECTIONS = 2  # beyond MAX_CONNECTIONS, only for root and the service's own user
 MAX_CONNECTIONS_PER_UID = 3  # from any one uid that is not root or the service's own user
 LISTEN_BACKLOG = 128  # connects waiting for accept(); a burst must not refuse the console
-CONNECT_RETRY_S = 1.0  # how long a client retries a full backlog (EAGAIN) before giving up
+CONNECT_RETRY_S = 1.0  # how long a client waits for a place in a full backlog
 CLIENT_TIMEOUT_S = 10.0
 CONNECTION_LIFETIME_S = 30.0  # a connection is closed after this, however busy
 SOCKET_MODE = 0o660
@@ -572,31 +572,34 @@ class ControlClient:
         return result
 
     def _connect(self, deadline: float) -> socket.socket:
-        """A connected socket. A full listen backlog (EAGAIN: a burst of other clients) is
-        retried for up to CONNECT_RETRY_S; anything else fails at once."""
-        retry_until = min(deadline, time.monotonic() + CONNECT_RETRY_S)
-        delay = 0.01
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self.timeout)
-            try:
-                sock.connect(os.fspath(self.path))
-                return sock
-            except BlockingIOError as e:
-                sock.close()
-                if time.monotonic() + delay > retry_until:
-                    raise ControlError(
-                        f"the controller at {self.path} is busy (its queue of connections is "
-                        f"full): {e.strerror or e}"
-                    ) from e
-                time.sleep(delay)
-                delay = min(delay * 2, 0.1)
-            except OSError as e:
-                sock.close()
-                raise ControlError(
-                    f"no controller listening at {self.path}: {e.strerror or e} "
-                    "(is the gasguard service running, and are you in its group?)"
-                ) from e
+        """A connected socket. A full listen backlog (a burst of other clients) is waited out
+        in the kernel's queue for up to CONNECT_RETRY_S: a blocking connect with a send
+        timeout sleeps until the server accepts, instead of failing at once with EAGAIN as a
+        non-blocking one does. Anything else fails at once."""
+        wait_s = max(0.01, min(deadline - time.monotonic(), CONNECT_RETRY_S))
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(
+                socket.SOL_SOCKET,
+                socket.SO_SNDTIMEO,
+                struct.pack("ll", int(wait_s), int((wait_s % 1) * 1_000_000)),
+            )
+            sock.settimeout(None)  # blocking: the kernel queues us behind the backlog
+            sock.connect(os.fspath(self.path))
+        except (BlockingIOError, TimeoutError) as e:
+            sock.close()
+            raise ControlError(
+                f"the controller at {self.path} is busy: its queue of connections stayed full "
+                f"for {wait_s:g} s ({e.strerror or e})"
+            ) from e
+        except OSError as e:
+            sock.close()
+            raise ControlError(
+                f"no controller listening at {self.path}: {e.strerror or e} "
+                "(is the gasguard service running, and are you in its group?)"
+            ) from e
+        sock.settimeout(self.timeout)
+        return sock
 
     def _read_line(self, sock: socket.socket, deadline: float) -> bytes:
         buf = bytearray()

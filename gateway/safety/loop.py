@@ -220,8 +220,16 @@ class SafetyLoop:
             self.annunciator.show(out.sounder, out.red, out.yellow, out.green)
 
     def _publish(self, out: Outputs, now: float) -> None:
+        """After the valves were driven: the snapshot first, then the events. Whoever reads
+        the status because of an event (the uplinks, Home Assistant) finds it there."""
         core = self.core
         wall = self._wall()
+        view = core.view()
+        if not self.first_poll_done.is_set() and all(
+            d.has_reading or d.fault is not None for d in view.detectors
+        ):
+            self.first_poll_done.set()
+        self.snapshot = Snapshot(view, out, tuple(core.reset_blockers()), now, wall)
         if out.events:
             for event in out.events:
                 self.recorder_inbox.put((wall, event))
@@ -231,12 +239,6 @@ class SafetyLoop:
             if latched != self._last_latched:
                 self._last_latched = latched
                 self.recorder_inbox.put(LatchedSnapshot(latched))
-        view = core.view()
-        if not self.first_poll_done.is_set() and all(
-            d.has_reading or d.fault is not None for d in view.detectors
-        ):
-            self.first_poll_done.set()
-        self.snapshot = Snapshot(view, out, tuple(core.reset_blockers()), now, wall)
 
     def close_all_valves(self) -> None:
         """Command every valve closed; one that fails does not stop the others."""

@@ -34,6 +34,7 @@ from gateway.safety.handlers import DUTY_CHECK_MIN_INTERVAL_S, UPLINK_RATE_LIMIT
 from gateway.safety.loop import SafetyLoop
 from gateway.sim.kitchen import SimulatedKitchen
 from gateway.store.recorder import RecorderItem
+from tests.uplink_fixtures import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 NOBODY = 65534
@@ -72,15 +73,6 @@ def as_user(uid: int, sock: Path, requests: list[dict[str, Any]]) -> list[dict[s
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     return [json.loads(line) for line in out.stdout.splitlines()]
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 @pytest.fixture
@@ -236,16 +228,22 @@ class _RecorderProbe(queue.SimpleQueue[RecorderItem]):
         super().__init__()
         self.coil = coil
         self.seen: list[tuple[str, bool]] = []
+        self.loop: SafetyLoop | None = None
+        self.snapshot_latched: list[bool] = []  # the published status had the alarm already
 
     def put(self, item: RecorderItem, block: bool = True, timeout: float | None = None) -> None:
         if isinstance(item, tuple):
             self.seen.append((item[1].kind, self.coil()))
+            snap = None if self.loop is None else self.loop.snapshot
+            if item[1].kind == "alarm.raised" and snap is not None:
+                self.snapshot_latched.append(any(d.latched for d in snap.view.detectors))
         super().put(item, block, timeout)
 
 
 def test_the_valve_pin_is_off_before_the_recorder_sees_the_alarm() -> None:
     """The real safety thread: when the recorder's inbox receives ``alarm.raised``, the valve's
-    coil is already de-energised. Handing the events over before driving the valves fails."""
+    coil is already de-energised, and the published status already shows the alarm. Handing
+    the events over before driving the valves, or before publishing the status, fails."""
     cfg = load_config(ROOT / "config" / "gasguard.example.toml")
     valve_cfg = dataclasses.replace(cfg.valves[0], feedback_pin=None)
     factory = MockFactory()
@@ -255,6 +253,7 @@ def test_the_valve_pin_is_off_before_the_recorder_sees_the_alarm() -> None:
     probe = _RecorderProbe(lambda: bool(coil.state))
     clock = time.monotonic
     loop = SafetyLoop(SafetyCore(plan, clock()), {valve_cfg.name: valve}, None, probe)
+    probe.loop = loop
     loop.start()
     try:
         detectors = [d.name for d in plan.detectors]
@@ -269,7 +268,51 @@ def test_the_valve_pin_is_off_before_the_recorder_sees_the_alarm() -> None:
         assert not coil.state
         alarm = [coil_on for kind, coil_on in probe.seen if kind == "alarm.raised"]
         assert alarm == [False], probe.seen  # de-energised before the recorder saw it
+        # And the status anyone reads because of the event already carries it (issue 28).
+        assert probe.snapshot_latched == [True]
         assert loop.failure is None
     finally:
         loop.stop()
         valve.close()
+
+
+def test_a_connect_and_close_flood_never_refuses_the_console_or_root(
+    controller: Controller,
+) -> None:
+    """Connect-and-close floods from another user filled the listen backlog (16): the console's
+    user got EAGAIN 5 times in 10. With a deeper backlog and the client's short retry, every
+    call from root (the console's user here) is answered."""
+    sock = controller.config.control_socket
+    flood = (
+        "import socket, sys, time\n"
+        "end = time.monotonic() + float(sys.argv[2])\n"
+        "print('in', flush=True)\n"
+        "while time.monotonic() < end:\n"
+        "    s = socket.socket(socket.AF_UNIX)\n"
+        "    s.setblocking(False)\n"
+        "    try:\n"
+        "        s.connect(sys.argv[1])\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "    s.close()\n"
+    )
+    flooders = [
+        subprocess.Popen(
+            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+             "/usr/bin/python3", "-c", flood, os.fspath(sock), "6"],
+            stdout=subprocess.PIPE,
+        )
+        for _ in range(4)
+    ]
+    try:
+        for f in flooders:
+            assert f.stdout is not None and f.stdout.readline().strip() == b"in"
+        answered = 0
+        for _ in range(10):
+            assert "detectors" in ControlClient(sock, timeout=2.0).call("status")
+            answered += 1
+        assert answered == 10
+    finally:
+        for f in flooders:
+            f.kill()
+            f.wait()

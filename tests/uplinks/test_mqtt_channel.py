@@ -19,12 +19,14 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from gateway import __version__
 from gateway.paths import outbox_db
 from gateway.safety.controller import Controller
 from gateway.sim.kitchen import SimBus, SimDetector, SimulatedKitchen
 from gateway.store.events import EventStore
 from gateway.uplinks.mqtt import MqttChannel, MqttConfig, parse_mqtt_config
 from gateway.uplinks.mqtt import channel as channel_module
+from gateway.uplinks.mqtt.discovery import discovery_configs
 from gateway.uplinks.mqtt.schema import (
     EVENT_SCHEMA,
     MessageError,
@@ -400,8 +402,15 @@ def test_home_assistant_discovery_is_read_only(
 ) -> None:
     site = uplink_site()
     peer = Peer(mosquitto, subscribe="homeassistant/#")
-    started(MqttChannel(mqtt_config(mosquitto, homeassistant=True), site.outbox, site.ctx))
-    assert wait_for(lambda: len(peer.messages) >= 5, 5)
+    cfg = mqtt_config(mosquitto, homeassistant=True)
+    started(MqttChannel(cfg, site.outbox, site.ctx))
+    # Every config the channel publishes (not a first few: they arrive one by one).
+    expected = discovery_configs(
+        cfg.homeassistant_prefix, Topics(cfg.topic_prefix, "hz-001"), "hz-001",
+        site.ctx.site_name, site.ctx.status(), version=__version__,
+        language=cfg.homeassistant_language,
+    )  # fmt: skip
+    assert wait_for(lambda: {m.topic for m in peer.messages} >= set(expected), 5)
     configs = {m.topic: json.loads(m.payload) for m in peer.messages}
     node = "gasguard_hz-001"
     gas = configs[f"homeassistant/binary_sensor/{node}/wok-1_gas/config"]
