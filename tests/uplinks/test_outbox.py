@@ -248,17 +248,22 @@ def test_a_failing_write_keeps_the_events_in_order_and_writes_them_later(tmp_pat
     assert [i.seq for i in box.peek("mqtt")] == [1, 2, 4, 3]
 
 
-def test_catch_up_takes_what_the_event_log_has_and_the_outbox_missed(tmp_path: Path) -> None:
+def _log_and_outbox_with_two(tmp_path: Path, alarms: int) -> tuple[Path, list[int], Outbox]:
+    """An event log of ``alarms`` alarms, and an outbox that took in the first two."""
     log_path = tmp_path / "events.db"
     with EventStore(log_path) as store:
         seqs = store.append_many(
-            [(time.time(), Event("alarm.raised", f"wok-{i}", 0.0, {"i": i})) for i in range(6)]
+            [(time.time(), Event("alarm.raised", f"wok-{i}", 0.0, {"i": i})) for i in range(alarms)]
         )
-    path = outbox_db(tmp_path)
-    box = Outbox(path, "hz-001", ["mqtt"])
+    box = Outbox(outbox_db(tmp_path), "hz-001", ["mqtt"])
     with EventStore.open_readonly(log_path) as reader:
-        stored = reader.since(0)
-    box.add_many(stored[:2])
+        box.add_many(reader.since(0)[:2])
+    return log_path, seqs, box
+
+
+def test_catch_up_takes_what_the_event_log_has_and_the_outbox_missed(tmp_path: Path) -> None:
+    log_path, seqs, box = _log_and_outbox_with_two(tmp_path, 6)
+    path = outbox_db(tmp_path)
     box.ack("mqtt", seqs[0])
     box.close()
     # Restart: events 3..6 reached the event log but not the outbox (killed in between).
@@ -416,15 +421,8 @@ def test_a_filling_outbox_is_recorded_once_as_an_uplink_event_and_its_end_too(
 def test_catch_up_reports_the_events_that_never_reached_the_outbox(tmp_path: Path) -> None:
     """Issue 27: events rotated out of the log while the uplinks were stopped leave a hole in
     the numbers; catch-up finds it (the service records ``uplink.events_missing``)."""
-    log_path = tmp_path / "events.db"
-    with EventStore(log_path) as store:
-        seqs = store.append_many(
-            [(time.time(), Event("alarm.raised", f"wok-{i}", 0.0, {"i": i})) for i in range(8)]
-        )
+    log_path, seqs, box = _log_and_outbox_with_two(tmp_path, 8)
     path = outbox_db(tmp_path)
-    box = Outbox(path, "hz-001", ["mqtt"])
-    with EventStore.open_readonly(log_path) as reader:
-        box.add_many(reader.since(0)[:2])
     box.close()
     with sqlite3.connect(log_path) as conn:  # rotated out before the uplinks came back
         conn.execute("DELETE FROM events WHERE seq IN (?, ?, ?)", (seqs[2], seqs[3], seqs[5]))
