@@ -62,7 +62,7 @@ from gateway.safety.trendwatch import TrendWatch
 from gateway.store.backlog import RecorderInbox
 from gateway.store.events import StoredEvent, forwarded_from_log, latched_from_log
 from gateway.store.latchfile import LatchFile, latch_path, union
-from gateway.store.recorder import Recorder, RecorderItem, new_inbox
+from gateway.store.recorder import LatchedSnapshot, Recorder, RecorderItem, new_inbox
 from gateway.trend import TrendWarning
 from gateway.validate import ConfigError
 
@@ -235,6 +235,10 @@ class Controller:
                     },
                 )
             )
+            if core.latched() != latched:
+                # Stored in an older form (by name) or moved to an orphan: store them now as
+                # the core holds them (name@bus:address), so the next start matches by sensor.
+                self.recorder_inbox.put(LatchedSnapshot(core.latched()))
             loop.start()
             self.loop = loop
             for inp in self._pending:

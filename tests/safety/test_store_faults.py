@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 
 from gateway.config import Config
-from gateway.core.model import Light
+from gateway.core.model import Level, Light
 from gateway.paths import events_db
 from gateway.safety.controller import Controller
 from gateway.sim.kitchen import SimBus, SimDetector, SimulatedKitchen
 from gateway.store.events import EventStore
+from gateway.store.latchfile import LatchFile
 from tests.conftest import SmallDisk
 from tests.uplink_fixtures import wait_for
 
@@ -214,5 +215,28 @@ def test_a_latch_file_that_is_no_regular_file_is_a_store_fault_never_a_hang(
             assert wait_for(lambda: not kitchen.valve_coil_energised("main-inlet"), 1)
         finally:
             again.stop()
+    finally:
+        kitchen.stop()
+
+
+def test_a_latch_stored_by_name_is_stored_again_by_sensor_at_start(tmp_path: Path) -> None:
+    """The upgrade step: a latch file from before latches belonged to sensors ("wok-1") is
+    restored by name once, then written back as wok-1@bus0:1, so a later re-address by hand
+    leaves it on its sensor (an orphan), never on the new address."""
+    kitchen = SimulatedKitchen(
+        tmp_path, buses=BUSES, detectors=DETECTORS, poll_period_s=0.2, comm_fault_timeout_s=3.0
+    )
+    config = kitchen.start()
+    kitchen.set_all_gas(1.0)
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        LatchFile(config.data_dir / "latched.state").save({"wok-1": Level.HIGH})
+        controller = Controller(config, pin_factory=kitchen.factory, simulated=True)
+        controller.start()
+        try:
+            assert controller.recorder is not None and controller.recorder.flush(5)
+        finally:
+            controller.stop()
+        assert LatchFile(config.data_dir / "latched.state").load() == {"wok-1@bus0:1": Level.HIGH}
     finally:
         kitchen.stop()
