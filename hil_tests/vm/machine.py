@@ -203,13 +203,24 @@ class VirtualPi:
         if self.image.arch.name != os.uname().machine:
             VirtualPi._accel = "tcg"  # no KVM for a foreign architecture
         elif VirtualPi._accel is None:
+            forced = os.environ.get("VM_ACCEL", "")
             VirtualPi._accel = "tcg"
-            if os.access("/dev/kvm", os.R_OK | os.W_OK):
-                self._start("kvm")
-                if self._kernel_started(KVM_PROBE_S):
+            if forced in ("kvm", "tcg"):
+                VirtualPi._accel = forced
+            elif os.access("/dev/kvm", os.R_OK | os.W_OK):
+                # Any failure of KVM (QEMU aborts, its monitor closes, no kernel line in time)
+                # falls back to TCG: seen here, QEMU aborting on "failed to set MSR 0x10a".
+                try:
+                    self._start("kvm")
+                    started = self._kernel_started(KVM_PROBE_S)
+                except Exception as e:
+                    print(f"vm: KVM failed ({type(e).__name__}: {e}); using TCG", flush=True)
+                    started = False
+                if started and self.process is not None and self.process.poll() is None:
                     VirtualPi._accel = "kvm"
                 else:
                     self.kill()
+                    self.process = None
         if self.process is None:
             self._start(VirtualPi._accel)
         self.wait_for_agent(timeout_s)
